@@ -1,0 +1,181 @@
+"""`llmbin` command line: thin wrappers over llmbin.api."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LlmbinError
+
+
+def friendly_errors(fn):
+    """LlmbinError (and a few well-known failures) -> one line on stderr, exit status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LlmbinError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except torch_oom_errors() as exc:
+            click.echo(f"error: out of memory ({str(exc).splitlines()[0][:100]}); lower --nsamples or "
+                       "--set pipeline.batch_size=1, or --set pipeline.activation_cache=disk", err=True)
+            sys.exit(3)
+    return wrapper
+
+
+def torch_oom_errors():
+    import torch
+
+    return (torch.OutOfMemoryError, MemoryError)
+
+
+def write_json(path: str | None, data) -> None:
+    if path:
+        tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="llmbin")
+def main():
+    """llmbin: compress Hugging Face causal LMs to 1-2 bits per weight, store them packed, score and run them.
+
+    \b
+    llmbin quantize smollm2-135m --method ptq161 --dataset text.txt -o smol-1.61bit
+    llmbin eval smol-1.61bit --ppl eval.txt
+    llmbin inspect smol-1.61bit
+    """
+
+
+@main.command()
+@click.argument("model")
+@click.option("-o", "--out", required=True, type=click.Path(), help="Output directory (packed HF checkpoint).")
+@click.option("--method", default=None, help="Quantization method (see `llmbin methods`). Default: the recipe's, else gptq.")
+@click.option("--recipe", default=None, help="Recipe YAML file or shipped recipe name; flags below override it.")
+@click.option("--bits", type=int, default=None, help="Bits for integer methods (rtn, gptq): 2, 3, 4 or 8.")
+@click.option("--group-size", type=int, default=None, help="Columns per quantization group (-1: per row).")
+@click.option("--dataset", default=None, help="Calibration text: a .txt/.jsonl/.parquet file, wikitext2, c4, ptb, or selfgen.")
+@click.option("--nsamples", type=int, default=None, help="Calibration windows [128].")
+@click.option("--seqlen", type=int, default=None, help="Tokens per calibration window [2048].")
+@click.option("--seed", type=int, default=None, help="Seed of every random choice [0]; same seed, same bytes.")
+@click.option("--device", default=None, help="Compute device for one layer at a time: cpu or cuda [cpu].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Method parameter (salient_ratio=0.2) or section key (pipeline.true_sequential=true); repeatable.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
+@click.option("-q", "--quiet", is_flag=True, help="No per-module log lines.")
+@friendly_errors
+def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, seqlen, seed, device, overrides,
+             overwrite, trust_remote_code, quiet):
+    """Quantize MODEL (hub id, local dir, .gguf file or bundled name) and write a packed checkpoint to OUT."""
+    from .api import quantize as run
+    from .recipe import Recipe
+
+    r = Recipe.load(recipe) if recipe else Recipe.create(method or "gptq")
+    if method and method != r.method:
+        r = Recipe.create(method, calibration=r.to_dict()["calibration"], pipeline=r.to_dict()["pipeline"])
+    for key, value in (("bits", bits), ("group_size", group_size)):
+        if value is not None:
+            r.set(key, value)
+    for key, value in (("dataset", dataset), ("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
+        if value is not None:
+            r.set(f"calibration.{key}", value)
+    if device:
+        r.set("pipeline.device", device)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LlmbinError(f"--set takes KEY=VALUE, got {item!r}")
+        r.set(key.strip(), value.strip())
+    qm = run(model, r, out=out, overwrite=overwrite, verbose=not quiet, trust_remote_code=trust_remote_code)
+    bits_info = qm.model.config.quantization_config.get("bits", {})
+    click.echo(f"wrote {out}: {len(qm.results)} linears, {bits_info.get('bpw_paper')} bits/weight (paper), "
+               f"{bits_info.get('bpw_all_in')} all-in, {qm.info['quantize_seconds']} s, peak RSS "
+               f"{qm.info['peak_rss_mb']:.0f} MB")
+
+
+@main.command(name="eval")
+@click.argument("model")
+@click.option("--ppl", default=None, help="Comma-separated texts: files (.txt/.jsonl/.parquet) or wikitext2, c4, ptb.")
+@click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per perplexity window.")
+@click.option("--max-windows", type=int, default=None, help="Use only the first N windows.")
+@click.option("--bos", is_flag=True, help="Put a BOS token before each window (Gemma needs it).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_path", default=None, type=click.Path(), help="Write results as JSON here.")
+@friendly_errors
+def eval_(model, ppl, seqlen, max_windows, bos, device, json_path):
+    """Score MODEL (packed llmbin dir, or any model reference) by perplexity ("gptq" protocol, labelled)."""
+    from .api import evaluate_ppl, load_any
+
+    if not ppl:
+        raise LlmbinError("nothing to evaluate: pass --ppl TEXT[,TEXT]")
+    m, tokenizer = load_any(model, device)
+    results = evaluate_ppl(m, tokenizer, [s for s in ppl.split(",") if s], seqlen, max_windows, bos)
+    for r in results:
+        click.echo(f"{r['name']}: ppl {r['ppl']:.4f} (protocol {r['protocol']}, seqlen {r['seqlen']}, "
+                   f"{r['windows']} windows, {r['seconds']} s)")
+    write_json(json_path, {"model": model, "perplexity": results})
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "json_path", default=None, type=click.Path(), help="Write the report as JSON here.")
+@friendly_errors
+def inspect(path, json_path):
+    """Per-module format, bits per weight (paper and all-in), bytes, and the kernel that would run."""
+    from .inspect import inspect_checkpoint, render
+
+    report = inspect_checkpoint(path)
+    click.echo(render(report))
+    write_json(json_path, report)
+
+
+@main.command()
+def methods():
+    """List quantization methods and their parameters."""
+    import dataclasses
+
+    from .methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        click.echo(f"{name:8s} {cls.summary}")
+        defaults = ", ".join(f"{f.name}={getattr(cls.params_cls(), f.name)!r}" for f in dataclasses.fields(cls.params_cls))
+        click.echo(f"{'':8s}   parameters: {defaults}")
+
+
+@main.command()
+def formats():
+    """List packed formats."""
+    from .formats import FORMATS
+
+    for name, cls in sorted(FORMATS.items()):
+        click.echo(f"{name:9s} version {cls.version}: {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+
+
+@main.command()
+def models():
+    """List bundled model names (usable offline) and the other accepted references."""
+    from .models.loading import BUNDLED
+
+    for name, spec in BUNDLED.items():
+        click.echo(f"{name:14s} {spec.description}")
+    click.echo("Also accepted: a local HF model directory, a .gguf file, or a Hugging Face hub id (online).")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .bench import bench_command
+    except ImportError:
+        return
+    main.add_command(bench_command, name="bench")
+
+
+_register_optional_commands()
+
+if __name__ == "__main__":
+    main()

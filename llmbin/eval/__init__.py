@@ -1,0 +1,1 @@
+"""Perplexity protocols, zero-shot tasks, reports."""

@@ -1,0 +1,199 @@
+"""The universal binary-plane layout (KERNELS.md), format version 1.
+
+    W[n, perm[k]] = out_scale[n] * in_scale[perm[k]] * (sum_p A[p,n,g] B[p,n,k] + C[n,g])   k < K_bin, g = k // G
+    W[n, perm[K_bin + j]] = (q[n, j] - zero[n]) * scale[n]                                  salient 4-bit block
+    W += S                                                                                  sparse correction (CSR)
+
+so y = out_scale * bitplanes((in_scale * x)[perm[:K_bin]]) + q4(x[perm[K_bin:]]) + S x.
+Missing optional parts mean: no scaling, identity permutation, no salient block, no correction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import PackedFormat, check_tensors, register_format
+from .bits import pack_codes, pack_nibbles, unpack_codes, unpack_nibbles
+
+SCALE_DTYPE = torch.float16
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class SparseCorrection:
+    values: torch.Tensor  # fp16 [nnz]
+    colidx: torch.Tensor  # int16 or int32 [nnz], input-channel index in the ORIGINAL order
+    rowptr: torch.Tensor  # int32 [N + 1]
+
+    @staticmethod
+    def from_dense(delta: torch.Tensor) -> "SparseCorrection":
+        n, k = delta.shape
+        rows, cols = torch.nonzero(delta, as_tuple=True)  # row-major order
+        counts = torch.bincount(rows, minlength=n)
+        rowptr = torch.zeros(n + 1, dtype=torch.int32)
+        rowptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
+        col_dtype = torch.int16 if k <= 2**15 else torch.int32
+        return SparseCorrection(delta[rows, cols].to(SCALE_DTYPE), cols.to(col_dtype), rowptr)
+
+    def to_dense(self, n: int, k: int, dtype=torch.float32) -> torch.Tensor:
+        counts = (self.rowptr[1:] - self.rowptr[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(n), counts)
+        dense = torch.zeros(n, k, dtype=dtype)
+        dense[rows, self.colidx.long()] = self.values.to(dtype)
+        return dense
+
+
+@register_format
+@dataclass
+class BitPlaneFormat(PackedFormat):
+    name = "bitplane"
+    version = 1
+
+    planes: torch.Tensor  # bool [P, N, K_bin]
+    scales: torch.Tensor  # fp16 [P, N, ceil(K_bin / G)]
+    offsets: torch.Tensor | None  # fp16 [N, ceil(K_bin / G)]
+    group_size: int
+    in_features: int
+    paper_bits: float
+    in_scale: torch.Tensor | None = None  # fp16 [K]
+    out_scale: torch.Tensor | None = None  # fp16 [N]
+    perm: torch.Tensor | None = None  # int32 [K]: binarized channels first, salient last
+    salient_codes: torch.Tensor | None = None  # uint8 codes 0..15 [N, K_sal]
+    salient_scale: torch.Tensor | None = None  # fp16 [N]
+    salient_zero: torch.Tensor | None = None  # fp16 [N]
+    sparse: SparseCorrection | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.planes.shape[1]
+
+    @property
+    def k_bin(self) -> int:
+        return self.planes.shape[2]
+
+    @property
+    def k_salient(self) -> int:
+        return 0 if self.salient_codes is None else self.salient_codes.shape[1]
+
+    # -- storage -------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {
+            "format": self.name, "version": self.version,
+            "out_features": self.out_features, "in_features": self.in_features,
+            "num_planes": self.planes.shape[0], "group_size": self.group_size, "k_salient": self.k_salient,
+            "offsets": self.offsets is not None, "in_scale": self.in_scale is not None,
+            "out_scale": self.out_scale is not None, "perm": self.perm is not None,
+            "sparse_nnz": None if self.sparse is None else int(self.sparse.values.numel()),
+            "paper_bits": self.paper_bits,
+        }
+
+    @classmethod
+    def expected_tensors(cls, meta: dict) -> dict:
+        n, k, p, g = meta["out_features"], meta["in_features"], meta["num_planes"], meta["group_size"]
+        k_sal = meta["k_salient"]
+        k_bin = k - k_sal
+        ng = _ceil_div(k_bin, g)
+        exp = {"planes": (torch.int32, (p, n, _ceil_div(k_bin, 32))), "scales": (SCALE_DTYPE, (p, n, ng))}
+        if meta["offsets"]:
+            exp["offsets"] = (SCALE_DTYPE, (n, ng))
+        if meta["in_scale"]:
+            exp["in_scale"] = (SCALE_DTYPE, (k,))
+        if meta["out_scale"]:
+            exp["out_scale"] = (SCALE_DTYPE, (n,))
+        if meta["perm"]:
+            exp["perm"] = (torch.int32, (k,))
+        if k_sal:
+            exp["salient_q"] = (torch.uint8, (n, _ceil_div(k_sal, 2)))
+            exp["salient_scale"] = (SCALE_DTYPE, (n,))
+            exp["salient_zero"] = (SCALE_DTYPE, (n,))
+        if meta["sparse_nnz"] is not None:
+            nnz = meta["sparse_nnz"]
+            exp["sparse_values"] = (SCALE_DTYPE, (nnz,))
+            exp["sparse_colidx"] = (torch.int16 if k <= 2**15 else torch.int32, (nnz,))
+            exp["sparse_rowptr"] = (torch.int32, (n + 1,))
+        return exp
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t = {"planes": pack_codes(self.planes, 1), "scales": self.scales}
+        optional = {"offsets": self.offsets, "in_scale": self.in_scale, "out_scale": self.out_scale,
+                    "perm": self.perm, "salient_scale": self.salient_scale, "salient_zero": self.salient_zero}
+        t.update({k: v for k, v in optional.items() if v is not None})
+        if self.salient_codes is not None:
+            t["salient_q"] = pack_nibbles(self.salient_codes)
+        if self.sparse is not None:
+            t.update(sparse_values=self.sparse.values, sparse_colidx=self.sparse.colidx,
+                     sparse_rowptr=self.sparse.rowptr)
+        return {k: v.contiguous() for k, v in t.items()}
+
+    @classmethod
+    def from_tensors(cls, meta: dict, tensors: dict[str, torch.Tensor], where: str = "module") -> "BitPlaneFormat":
+        check_tensors(cls, meta, tensors, where)
+        k_sal = meta["k_salient"]
+        k_bin = meta["in_features"] - k_sal
+        sparse = None
+        if meta["sparse_nnz"] is not None:
+            sparse = SparseCorrection(tensors["sparse_values"], tensors["sparse_colidx"], tensors["sparse_rowptr"])
+        return cls(
+            planes=unpack_codes(tensors["planes"], 1, k_bin).bool(), scales=tensors["scales"],
+            offsets=tensors.get("offsets"), group_size=meta["group_size"], in_features=meta["in_features"],
+            paper_bits=meta["paper_bits"], in_scale=tensors.get("in_scale"), out_scale=tensors.get("out_scale"),
+            perm=tensors.get("perm"),
+            salient_codes=unpack_nibbles(tensors["salient_q"], k_sal) if k_sal else None,
+            salient_scale=tensors.get("salient_scale"), salient_zero=tensors.get("salient_zero"), sparse=sparse)
+
+    # -- math ----------------------------------------------------------------------------
+    def binary_part(self, dtype=torch.float32) -> torch.Tensor:
+        """sum_p A B + C on the binarized channels, in their stored (permuted) order: [N, K_bin]."""
+        g = self.group_size
+        expand = lambda t: t.to(dtype).repeat_interleave(g, dim=-1)[..., : self.k_bin]  # noqa: E731
+        w = (expand(self.scales) * self.planes.to(dtype)).sum(0)
+        if self.offsets is not None:
+            w = w + expand(self.offsets)
+        return w
+
+    def salient_part(self, dtype=torch.float32) -> torch.Tensor:
+        """Dequantized 4-bit salient block [N, K_sal]."""
+        return (self.salient_codes.to(dtype) - self.salient_zero.to(dtype)[:, None]) * self.salient_scale.to(dtype)[:, None]
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        perm = torch.arange(k) if self.perm is None else self.perm.long()
+        wb = self.binary_part(dtype)
+        if self.out_scale is not None:
+            wb = wb * self.out_scale.to(dtype)[:, None]
+        if self.in_scale is not None:
+            wb = wb * self.in_scale.to(dtype)[perm[: self.k_bin]][None, :]
+        w = torch.zeros(n, k, dtype=dtype)
+        w[:, perm[: self.k_bin]] = wb
+        if self.k_salient:
+            w[:, perm[self.k_bin:]] = self.salient_part(dtype)
+        if self.sparse is not None:
+            w = w + self.sparse.to_dense(n, k, dtype)
+        return w
+
+    def masked_sum_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x W^T computed the kernels' way: masked sums of x per plane and group, no per-weight multiply."""
+        dtype = x.dtype
+        perm = torch.arange(self.in_features) if self.perm is None else self.perm.long()
+        xs = x if self.in_scale is None else x * self.in_scale.to(dtype)
+        xb = xs[..., perm[: self.k_bin]]
+        g = self.group_size
+        ng = self.scales.shape[-1]
+        pad = ng * g - self.k_bin
+        xg = torch.nn.functional.pad(xb, (0, pad)).unflatten(-1, (ng, g))  # [M, ng, G]
+        bits = torch.nn.functional.pad(self.planes.to(dtype), (0, pad)).unflatten(-1, (ng, g))  # [P, N, ng, G]
+        masked = torch.einsum("mgk,pngk->mpng", xg, bits)
+        y = torch.einsum("mpng,png->mn", masked, self.scales.to(dtype))
+        if self.offsets is not None:
+            y = y + xg.sum(-1) @ self.offsets.to(dtype).T
+        if self.out_scale is not None:
+            y = y * self.out_scale.to(dtype)
+        if self.k_salient:
+            y = y + x[..., perm[self.k_bin:]] @ self.salient_part(dtype).T
+        if self.sparse is not None:
+            y = y + x @ self.sparse.to_dense(self.out_features, self.in_features, dtype).T
+        return y

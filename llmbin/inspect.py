@@ -1,0 +1,64 @@
+"""`llmbin inspect`: what a packed checkpoint stores, module by module, and what would run it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import read_quant_config, shard_files
+from .checkpoint_validation import read_headers
+from .formats import format_from_meta
+
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int16": 2, "uint8": 1, "int8": 1, "int64": 8,
+          "float64": 8, "bool": 1}
+
+
+def inspect_checkpoint(path: str | Path) -> dict:
+    from .kernels import select_backend
+
+    path = Path(path)
+    qc = read_quant_config(path)
+    files = shard_files(path)
+    headers = read_headers(files)
+    rows, total_bytes, total_weights, total_paper = [], 0, 0, 0.0
+    for name, meta in qc["modules"].items():
+        cls = format_from_meta(meta)
+        nbytes = 0
+        for tensor in cls.expected_tensors(meta):
+            dtype, shape, _ = headers[f"{name}.{tensor}"]
+            nbytes += _BYTES[dtype] * int(torch.tensor(shape).prod().item() if shape else 1)
+        n = meta["out_features"] * meta["in_features"]
+        rejected: list[str] = []
+        backend = select_backend(meta, torch.device("cpu"), torch.float32, explain=rejected)
+        row = {"module": name, "format": meta["format"], "shape": [meta["out_features"], meta["in_features"]],
+               "bits_paper": meta["paper_bits"], "bits_all_in": round(8 * nbytes / n, 4), "bytes": nbytes,
+               "backend_cpu": backend.name}
+        if meta.get("sparse_nnz") is not None:
+            row["salient_form"] = "sparse"
+        rows.append(row)
+        total_bytes += nbytes
+        total_weights += n
+        total_paper += meta["paper_bits"] * n
+    return {"path": str(path), "method": qc.get("recipe", {}).get("method"), "modules": rows,
+            "totals": {"modules": len(rows), "bpw_paper": round(total_paper / max(total_weights, 1), 4),
+                       "bpw_all_in": round(8 * total_bytes / max(total_weights, 1), 4),
+                       "quantized_bytes": total_bytes, "quantized_fp16_bytes": 2 * total_weights,
+                       "file_bytes": sum(os.path.getsize(f) for f in files)},
+            "skipped_modules": qc.get("skipped_modules", [])}
+
+
+def render(report: dict) -> str:
+    lines = [f"{report['path']}  (method {report['method']})",
+             f"{'module':48s} {'format':9s} {'shape':>12s} {'paper':>6s} {'all-in':>7s} {'bytes':>9s}  backend(cpu)"]
+    for r in report["modules"]:
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(f"{r['module']:48s} {r['format']:9s} {shape:>12s} {r['bits_paper']:6.3f} {r['bits_all_in']:7.3f} "
+                     f"{r['bytes']:9d}  {r['backend_cpu']}")
+    t = report["totals"]
+    lines.append(f"totals: {t['modules']} modules, bpw_paper {t['bpw_paper']}, bpw_all_in {t['bpw_all_in']}, "
+                 f"quantized {t['quantized_bytes'] / 2**20:.2f} MiB (float16 {t['quantized_fp16_bytes'] / 2**20:.2f} MiB), "
+                 f"files {t['file_bytes'] / 2**20:.2f} MiB")
+    if report["skipped_modules"]:
+        lines.append(f"full precision: {', '.join(report['skipped_modules'])}")
+    return "\n".join(lines)

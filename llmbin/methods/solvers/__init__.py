@@ -1,0 +1,1 @@
+"""Shared math of the quantization methods."""

