@@ -75,3 +75,7 @@ def convert_to_quant_linears(model, modules: dict) -> None:
         bias = getattr(old, "bias", None)
         dtype = bias.dtype if bias is not None else torch.float32
         set_submodule(model, name, QuantLinear(meta, bias is not None, dtype, device=bias.device if bias is not None else None))
+    # Every tensor of the decoder layers comes from the checkpoint (validated before loading), so
+    # transformers' random re-initialisation of "missing" weights must not touch them (QuantLinear has no .weight).
+    for module in layers.modules():
+        module._is_hf_initialized = True

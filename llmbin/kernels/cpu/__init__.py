@@ -99,17 +99,11 @@ def group_positions(k: int, g: int) -> torch.Tensor:
 
 @dataclass
 class CpuState:
-    gidx: torch.Tensor  # int32 [KX*32]: x index per table slot, -1 = zero
-    gscale: torch.Tensor  # float32 [KX*32]: in_scale for binarized channels, 1 for salient ones
-    words: list
-    scales: list
-    offsets: list
-    shape: list  # ng, wpg per segment
-    sparse: tuple
-    n: int
+    plan: object  # the extension's Plan: repacked tensors + forward(x, isa)
+    isa: int
 
 
-def prepare_state(module) -> CpuState:
+def prepare_state(module, isa: str | None = None) -> CpuState:
     meta = module.meta
     n, k, k_sal = meta["out_features"], meta["in_features"], meta["k_salient"]
     k_bin, nb = k - k_sal, _ceil(meta["out_features"], ROWS)
@@ -141,23 +135,20 @@ def prepare_state(module) -> CpuState:
     if meta["sparse_nnz"] is not None:
         sparse = (buf["sparse_values"].half().contiguous(), buf["sparse_colidx"].contiguous(),
                   buf["sparse_rowptr"].int().contiguous())
-    return CpuState(src.int().contiguous(), gscale.float().contiguous(), seg_words, seg_scales, seg_offsets, shape,
-                    sparse, n)
-
-
-def lut_matmul(state: CpuState, x: torch.Tensor, isa: str | None = None) -> torch.Tensor:
-    """x [..., K] (fp32/fp16/bf16) -> y [..., N] in x.dtype, bias excluded."""
     ext = load_extension()
     if ext is None:
         raise RuntimeError(f"llmbin cpu backend unavailable: {_error}")
     isa = isa or os.environ.get("LLMBIN_CPU_ISA", "auto")
     if isa not in ISAS:
         raise ValueError(f"LLMBIN_CPU_ISA={isa} is not one of {', '.join(ISAS)}")
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k).to(torch.float32).contiguous()
-    y = ext.forward(x2, state.gidx, state.gscale, state.words, state.scales, state.offsets, state.shape,
-                    *state.sparse, state.n, ISAS[isa])
-    return y[:, : state.n].to(x.dtype).reshape(*lead, state.n)
+    plan = ext.Plan(src.int().contiguous(), gscale.float().contiguous(), seg_words, seg_scales, seg_offsets, shape,
+                    *sparse, n, k)
+    return CpuState(plan, ISAS[isa])
+
+
+def lut_matmul(state: CpuState, x: torch.Tensor, isa: str | None = None) -> torch.Tensor:
+    """x [..., K] (fp32/fp16/bf16) -> y [..., N] in x.dtype, bias excluded."""
+    return state.plan.forward(x, ISAS[isa] if isa else state.isa)
 
 
 class CpuBackend:
@@ -182,7 +173,7 @@ class CpuBackend:
         return prepare_state(module)
 
     def forward(self, module, state: CpuState, x: torch.Tensor) -> torch.Tensor:
-        return lut_matmul(state, x)
+        return state.plan.forward(x, state.isa)
 
 
 register_backend(CpuBackend())

@@ -36,17 +36,17 @@ struct Seg {
 };
 
 struct Job {
-  int64_t NB, KX, NG;     // KX: words of all segments (tables hold KX*TW floats per token), NG: groups
-  const float* tables;    // [M][KX*TW]
-  const float* gsums;     // [M][NG]
+  int64_t NB, tstride;    // tstride: floats from one token's tables (and group sums) to the next's
+  const float* tables;    // token t: tables + t*tstride, [words][8][16]
+  const float* gsums;     // token t: gsums + t*tstride, [groups]
   float* y;               // [M][NB*16]
 };
 
 // ---- portable scalar path -------------------------------------------------------------------
 void seg_scalar(const Seg& s, const Job& j, int64_t nb, int64_t t) {
   const int64_t KW = s.ng * s.wpg;
-  const float* tab = j.tables + t * j.KX * TW + s.word0 * TW;
-  const float* gs = j.gsums + t * j.NG + s.gsum0;
+  const float* tab = j.tables + t * j.tstride + s.word0 * TW;
+  const float* gs = j.gsums + t * j.tstride + s.gsum0;
   float* y = j.y + t * j.NB * L + nb * L;
   for (int64_t lane = 0; lane < L; ++lane) {
     float yl = 0.f;
@@ -69,18 +69,22 @@ void seg_scalar(const Seg& s, const Job& j, int64_t nb, int64_t t) {
 #ifdef LLMBIN_X86
 // ---- AVX-512: RB row blocks x T tokens per pass, so each table load serves RB*P lookups and
 // each shifted word serves T tokens. With fewer than 4 independent sums, two accumulators hide
-// the add latency.
+// the add latency. Outputs stay in registers when few, else are updated in memory per group.
 template <int RB, int P, int T>
 __attribute__((target("avx512f"))) void seg_avx512(const Seg& s, const Job& j, int64_t nb, int64_t t0) {
   constexpr int A = RB * P * T >= 4 ? 1 : 2;
-  const int64_t KW = s.ng * s.wpg, tstride = j.KX * TW;
+  constexpr bool YREG = RB * T <= 4;
+  const int64_t KW = s.ng * s.wpg, tstride = j.tstride, ystride = j.NB * L;
   const float* tab = j.tables + t0 * tstride + s.word0 * TW;
-  const float* gs = j.gsums + t0 * j.NG + s.gsum0;
-  __m512 yacc[RB][T];
+  const float* gs = j.gsums + t0 * tstride + s.gsum0;
+  float* y0 = j.y + t0 * ystride + nb * L;
+  __m512 yacc[YREG ? RB : 1][YREG ? T : 1];
+  if constexpr (YREG) {
 #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
+    for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) yacc[r][t] = _mm512_setzero_ps();
+      for (int t = 0; t < T; ++t) yacc[r][t] = _mm512_loadu_ps(y0 + t * ystride + r * L);
+  }
   for (int64_t g = 0; g < s.ng; ++g) {
     __m512 acc[A][RB][P][T];
 #pragma GCC unroll 16
@@ -117,37 +121,35 @@ __attribute__((target("avx512f"))) void seg_avx512(const Seg& s, const Job& j, i
     }
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) {
+      __m512 sc[P];
 #pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) {
-        const __m512 sc = _mm512_loadu_ps(s.scales + (((nb + r) * s.ng + g) * P + p) * L);
+      for (int p = 0; p < P; ++p) sc[p] = _mm512_loadu_ps(s.scales + (((nb + r) * s.ng + g) * P + p) * L);
+      const __m512 off = s.offsets ? _mm512_loadu_ps(s.offsets + ((nb + r) * s.ng + g) * L) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-        for (int t = 0; t < T; ++t) {
-          __m512 m = A == 2 ? _mm512_add_ps(acc[0][r][p][t], acc[A - 1][r][p][t]) : acc[0][r][p][t];
-          yacc[r][t] = _mm512_fmadd_ps(sc, m, yacc[r][t]);
-        }
-      }
-      if (s.offsets) {
-        const __m512 off = _mm512_loadu_ps(s.offsets + ((nb + r) * s.ng + g) * L);
+      for (int t = 0; t < T; ++t) {
+        __m512 v = YREG ? yacc[YREG ? r : 0][YREG ? t : 0] : _mm512_loadu_ps(y0 + t * ystride + r * L);
 #pragma GCC unroll 16
-        for (int t = 0; t < T; ++t) yacc[r][t] = _mm512_fmadd_ps(off, _mm512_set1_ps(gs[t * j.NG + g]), yacc[r][t]);
+        for (int p = 0; p < P; ++p)
+          v = _mm512_fmadd_ps(sc[p], A == 2 ? _mm512_add_ps(acc[0][r][p][t], acc[A - 1][r][p][t]) : acc[0][r][p][t], v);
+        if (s.offsets) v = _mm512_fmadd_ps(off, _mm512_set1_ps(gs[t * tstride + g]), v);
+        if constexpr (YREG) yacc[r][t] = v; else _mm512_storeu_ps(y0 + t * ystride + r * L, v);
       }
     }
   }
+  if constexpr (YREG) {
 #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
+    for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) {
-      float* yp = j.y + (t0 + t) * j.NB * L + (nb + r) * L;
-      _mm512_storeu_ps(yp, _mm512_add_ps(_mm512_loadu_ps(yp), yacc[r][t]));
-    }
+      for (int t = 0; t < T; ++t) _mm512_storeu_ps(y0 + t * ystride + r * L, yacc[r][t]);
+  }
 }
 
 // ---- AVX2: an 8-lane permute looks up 3 bits; bit 3 picks the low or high half of the table.
 template <int P>
 __attribute__((target("avx2,fma"))) void seg_avx2(const Seg& s, const Job& j, int64_t nb, int64_t t) {
   const int64_t KW = s.ng * s.wpg;
-  const float* tab = j.tables + t * j.KX * TW + s.word0 * TW;
-  const float* gs = j.gsums + t * j.NG + s.gsum0;
+  const float* tab = j.tables + t * j.tstride + s.word0 * TW;
+  const float* gs = j.gsums + t * j.tstride + s.gsum0;
   for (int h = 0; h < 2; ++h) {
     __m256 yacc = _mm256_setzero_ps();
     for (int64_t g = 0; g < s.ng; ++g) {
@@ -200,10 +202,13 @@ void run_seg(const Seg& s, const Job& j, int64_t b0, int64_t b1, int64_t t0, int
 #define LLMBIN_P(Pc)                                                                          \
   case Pc: {                                                                                  \
     int64_t t = t0;                                                                           \
-    for (; t + 4 <= t1; t += 4)                                                               \
-      for (int64_t nb = b0; nb < b1; ++nb) seg_avx512<1, Pc, 4>(s, j, nb, t);                 \
+    constexpr int RB = Pc >= 4 ? 1 : 4 / Pc;                                                  \
+    for (; t + 4 <= t1; t += 4) {                                                             \
+      int64_t nb = b0;                                                                        \
+      for (; nb + RB <= b1; nb += RB) seg_avx512<RB, Pc, 4>(s, j, nb, t);                     \
+      for (; nb < b1; ++nb) seg_avx512<1, Pc, 4>(s, j, nb, t);                                \
+    }                                                                                         \
     for (; t < t1; ++t) {                                                                     \
-      constexpr int RB = Pc >= 4 ? 1 : 4 / Pc;                                                \
       int64_t nb = b0;                                                                        \
       for (; nb + RB <= b1; nb += RB) seg_avx512<RB, Pc, 1>(s, j, nb, t);                     \
       for (; nb < b1; ++nb) seg_avx512<1, Pc, 1>(s, j, nb, t);                                \
@@ -232,13 +237,13 @@ void run_seg(const Seg& s, const Job& j, int64_t b0, int64_t b1, int64_t t0, int
 }
 
 // Gathers (permutes, in_scales, pads) one token's activations, then builds its tables and group sums.
-void build_token(const float* x, const int32_t* gidx, const float* gscale, int64_t KX, const std::vector<Seg>& segs,
-                 float* xb, float* tab, float* gsum) {
+// Entry c of a table adds the activations of c's set bits in increasing order, on every path.
+void build_scalar(const float* x, const int32_t* gidx, const float* gscale, int64_t KX, const std::vector<Seg>& segs,
+                  float* xb, float* tab, float* gsum) {
   for (int64_t k = 0; k < KX * 32; ++k) xb[k] = gidx[k] >= 0 ? x[gidx[k]] * gscale[k] : 0.f;
   for (int64_t q = 0; q < KX * 8; ++q) {
     const float* v = xb + 4 * q;
     float* t = tab + q * L;
-    // every entry is built by adding the activations of its set bits in increasing order
     t[0] = 0.f;
     t[1] = v[0];
     for (int c = 2; c < 4; ++c) t[c] = t[c - 2] + v[1];
@@ -254,94 +259,182 @@ void build_token(const float* x, const int32_t* gidx, const float* gscale, int64
     }
 }
 
-// y[t, n] += sum over row n's nonzeros of value * x[t, col] (PB-LLM correction, original channel order).
 template <typename I>
-void sparse_rows(const at::Half* vals, const I* cols, const int32_t* rowptr, const float* x, int64_t K, float* y,
-                 int64_t ystride, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  for (int64_t t = t0; t < t1; ++t)
-    for (int64_t n = n0; n < n1; ++n) {
-      float acc = 0.f;
-      for (int32_t e = rowptr[n]; e < rowptr[n + 1]; ++e) acc += static_cast<float>(vals[e]) * x[t * K + cols[e]];
-      y[t * ystride + n] += acc;
+void sparse_scalar(const at::Half* vals, const I* cols, const int32_t* rowptr, const float* x, float* y, int64_t n0,
+                   int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    float acc = 0.f;
+    for (int32_t e = rowptr[n]; e < rowptr[n + 1]; ++e) acc += static_cast<float>(vals[e]) * x[cols[e]];
+    y[n] += acc;
+  }
+}
+
+#ifdef LLMBIN_X86
+__attribute__((target("avx512f"))) void build_avx512(const float* x, const int32_t* gidx, const float* gscale,
+                                                     int64_t KX, const std::vector<Seg>& segs, float* xb, float* tab,
+                                                     float* gsum) {
+  for (int64_t k = 0; k < KX * 32; k += L) {
+    const __m512i idx = _mm512_loadu_si512(gidx + k);
+    const __mmask16 valid = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512());
+    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, x, 4);
+    _mm512_storeu_ps(xb + k, _mm512_mul_ps(v, _mm512_loadu_ps(gscale + k)));
+  }
+  for (int64_t q = 0; q < KX * 8; ++q) {
+    const float* v = xb + 4 * q;
+    __m512 t = _mm512_maskz_mov_ps(0xAAAA, _mm512_set1_ps(v[0]));
+    t = _mm512_mask_add_ps(t, 0xCCCC, t, _mm512_set1_ps(v[1]));
+    t = _mm512_mask_add_ps(t, 0xF0F0, t, _mm512_set1_ps(v[2]));
+    t = _mm512_mask_add_ps(t, 0xFF00, t, _mm512_set1_ps(v[3]));
+    _mm512_storeu_ps(tab + q * L, t);
+  }
+  for (const Seg& s : segs)
+    for (int64_t g = 0; g < s.ng; ++g) {
+      const float* v = xb + (s.word0 + g * s.wpg) * 32;
+      __m512 a0 = _mm512_loadu_ps(v), a1 = _mm512_loadu_ps(v + L);
+      for (int64_t k = 32; k < s.wpg * 32; k += 32) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(v + k));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(v + k + L));
+      }
+      gsum[s.gsum0 + g] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
 }
 
-Seg make_seg(const at::Tensor& words, const at::Tensor& scales, const at::Tensor& offsets, int64_t ng, int64_t wpg,
-             int64_t word0, int64_t gsum0) {
-  TORCH_CHECK(words.dim() == 4 && words.size(3) == L && words.is_contiguous() && words.scalar_type() == at::kInt);
-  TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kFloat && words.size(1) == ng * wpg);
-  TORCH_CHECK(!offsets.defined() || offsets.numel() == 0 || (offsets.is_contiguous() && offsets.scalar_type() == at::kFloat));
-  return Seg{words.data_ptr<int32_t>(), scales.data_ptr<float>(),
-             offsets.defined() && offsets.numel() ? offsets.data_ptr<float>() : nullptr, ng, wpg, words.size(2), word0, gsum0};
+template <typename I>
+__attribute__((target("avx512f"))) void sparse_avx512(const at::Half* vals, const I* cols, const int32_t* rowptr,
+                                                      const float* x, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    int32_t e = rowptr[n];
+    const int32_t end = rowptr[n + 1];
+    __m512 acc = _mm512_setzero_ps();
+    for (; e + L <= end; e += L) {
+      __m512i idx;
+      if constexpr (sizeof(I) == 2)
+        idx = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + e)));
+      else
+        idx = _mm512_loadu_si512(cols + e);
+      const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vals + e)));
+      acc = _mm512_fmadd_ps(v, _mm512_i32gather_ps(idx, x, 4), acc);
+    }
+    float tail = 0.f;
+    for (; e < end; ++e) tail += static_cast<float>(vals[e]) * x[cols[e]];
+    y[n] += _mm512_reduce_add_ps(acc) + tail;
+  }
 }
+#endif
+
+// The repacked weights of one layer; forward() takes activations of any float dtype and shape [..., K].
+struct Plan {
+  at::Tensor gidx, gscale, sp_values, sp_colidx, sp_rowptr;
+  std::vector<at::Tensor> words, scales, offsets;
+  std::vector<Seg> segs;
+  int64_t N, K, NB, KX, NG, per_block = 0;
+
+  Plan(at::Tensor gidx_, at::Tensor gscale_, std::vector<at::Tensor> words_, std::vector<at::Tensor> scales_,
+       std::vector<at::Tensor> offsets_, std::vector<int64_t> shape, at::Tensor spv, at::Tensor spc, at::Tensor spr,
+       int64_t n_rows, int64_t k)
+      : gidx(gidx_.contiguous()), gscale(gscale_.contiguous()), sp_values(spv), sp_colidx(spc), sp_rowptr(spr),
+        words(words_), scales(scales_), offsets(offsets_), N(n_rows), K(k) {
+    TORCH_CHECK(gidx.scalar_type() == at::kInt && gscale.scalar_type() == at::kFloat && gidx.numel() == gscale.numel());
+    TORCH_CHECK(gidx.numel() % 32 == 0 && words.size() == scales.size() && words.size() == offsets.size() &&
+                shape.size() == 2 * words.size() && !words.empty());
+    KX = gidx.numel() / 32;
+    NB = words[0].size(0);
+    TORCH_CHECK(NB == (N + L - 1) / L, "row blocks do not match the number of rows");
+    int64_t word0 = 0;
+    NG = 0;
+    for (size_t i = 0; i < words.size(); ++i) {
+      const at::Tensor& w = words[i];
+      const int64_t ng = shape[2 * i], wpg = shape[2 * i + 1];
+      TORCH_CHECK(w.dim() == 4 && w.size(0) == NB && w.size(1) == ng * wpg && w.size(3) == L && w.is_contiguous() &&
+                  w.scalar_type() == at::kInt, "bad words tensor for segment ", i);
+      TORCH_CHECK(scales[i].is_contiguous() && scales[i].scalar_type() == at::kFloat &&
+                  scales[i].numel() == NB * ng * w.size(2) * L, "bad scales for segment ", i);
+      const bool off = offsets[i].numel() > 0;
+      TORCH_CHECK(!off || (offsets[i].is_contiguous() && offsets[i].scalar_type() == at::kFloat &&
+                           offsets[i].numel() == NB * ng * L), "bad offsets for segment ", i);
+      segs.push_back(Seg{w.data_ptr<int32_t>(), scales[i].data_ptr<float>(), off ? offsets[i].data_ptr<float>() : nullptr,
+                         ng, wpg, w.size(2), word0, NG});
+      word0 += ng * wpg;
+      NG += ng;
+      per_block += ng * wpg * w.size(2);
+    }
+    TORCH_CHECK(word0 == KX, "segments do not cover the gather index");
+    if (sp_values.numel() > 0)
+      TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt && sp_values.scalar_type() == at::kHalf &&
+                  (sp_colidx.scalar_type() == at::kShort || sp_colidx.scalar_type() == at::kInt) &&
+                  sp_colidx.numel() == sp_values.numel());
+  }
+
+  at::Tensor forward(const at::Tensor& x_in, int64_t isa) const {
+    TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
+    if (isa == kAuto) isa = best_isa();
+    TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
+    const at::Tensor x = x_in.reshape({-1, K}).to(at::kFloat).contiguous();
+    const int64_t M = x.size(0);
+    at::Tensor y = at::zeros({M, NB * L}, x.options());
+    // Tables take 16 floats per activation: bound their memory by doing tokens in chunks.
+    const int64_t chunk = std::min(M, std::max<int64_t>(4, (int64_t{8} << 20) / (KX * TW * 4)));
+    at::Tensor work = at::empty({std::max<int64_t>(chunk, 1), KX * TW + KX * 32 + NG}, x.options());
+    const int64_t wstride = work.size(1);
+    const float* xp = x.data_ptr<float>();
+    const bool sparse = sp_values.numel() > 0;
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+      const int64_t mc = std::min(chunk, M - m0);
+      float* wp = work.data_ptr<float>();
+      // per token: tables, then the gathered activations, then the group sums
+      const Job j{NB, wstride, wp, wp + KX * TW + KX * 32, y.data_ptr<float>() + m0 * NB * L};
+      at::parallel_for(0, mc, 1 + (mc == 1), [&](int64_t a, int64_t b) {
+        for (int64_t t = a; t < b; ++t) {
+          float* base = wp + t * wstride;
+#ifdef LLMBIN_X86
+          if (isa == kAvx512) {
+            build_avx512(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), KX, segs,
+                         base + KX * TW, base, base + KX * TW + KX * 32);
+            continue;
+          }
+#endif
+          build_scalar(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), KX, segs,
+                       base + KX * TW, base, base + KX * TW + KX * 32);
+        }
+      });
+      // a block costs ~10 cycles per word and token with AVX-512: stay serial below ~2k words of work
+      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, per_block * mc));
+      at::parallel_for(0, NB, grain, [&](int64_t b0, int64_t b1) {
+        for (const Seg& s : segs) run_seg(s, j, b0, b1, 0, mc, isa);
+        if (!sparse) return;
+        const int64_t n0 = b0 * L, n1 = std::min(b1 * L, N);
+        for (int64_t t = 0; t < mc; ++t) run_sparse(xp + (m0 + t) * K, j.y + t * NB * L, n0, n1, isa);
+      });
+    }
+    at::Tensor out = NB * L == N ? y : y.narrow(1, 0, N);
+    std::vector<int64_t> sizes = x_in.sizes().vec();
+    sizes.back() = N;
+    return out.to(x_in.scalar_type()).reshape(sizes);
+  }
+
+  void run_sparse(const float* x, float* y, int64_t n0, int64_t n1, int64_t isa) const {
+    const at::Half* v = sp_values.data_ptr<at::Half>();
+    const int32_t* rp = sp_rowptr.data_ptr<int32_t>();
+    const bool narrow = sp_colidx.scalar_type() == at::kShort;
+#ifdef LLMBIN_X86
+    if (isa == kAvx512) {
+      if (narrow) sparse_avx512(v, sp_colidx.data_ptr<int16_t>(), rp, x, y, n0, n1);
+      else sparse_avx512(v, sp_colidx.data_ptr<int32_t>(), rp, x, y, n0, n1);
+      return;
+    }
+#endif
+    if (narrow) sparse_scalar(v, sp_colidx.data_ptr<int16_t>(), rp, x, y, n0, n1);
+    else sparse_scalar(v, sp_colidx.data_ptr<int32_t>(), rp, x, y, n0, n1);
+  }
+};
 
 }  // namespace
 
-// x [M, K] float32; gidx/gscale [KX*32]; seg_* describe up to 2 segments (words/scales/offsets tensors,
-// and ng, wpg per segment); sparse tensors empty when absent. Returns y [M, NB*16] float32.
-at::Tensor lut_forward(const at::Tensor& x, const at::Tensor& gidx, const at::Tensor& gscale,
-                       const std::vector<at::Tensor>& seg_words, const std::vector<at::Tensor>& seg_scales,
-                       const std::vector<at::Tensor>& seg_offsets, const std::vector<int64_t>& seg_shape,
-                       const at::Tensor& sp_values, const at::Tensor& sp_colidx, const at::Tensor& sp_rowptr,
-                       int64_t n_rows, int64_t isa) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat, "x must be contiguous float32 [M, K]");
-  TORCH_CHECK(gidx.scalar_type() == at::kInt && gscale.scalar_type() == at::kFloat && gidx.numel() == gscale.numel());
-  TORCH_CHECK(gidx.numel() % 32 == 0 && seg_words.size() == seg_scales.size() && seg_shape.size() == 2 * seg_words.size());
-  if (isa == kAuto) isa = best_isa();
-  TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
-  const int64_t M = x.size(0), K = x.size(1), KX = gidx.numel() / 32;
-  std::vector<Seg> segs;
-  int64_t word0 = 0, NG = 0;
-  for (size_t i = 0; i < seg_words.size(); ++i) {
-    segs.push_back(make_seg(seg_words[i], seg_scales[i], seg_offsets[i], seg_shape[2 * i], seg_shape[2 * i + 1], word0, NG));
-    word0 += segs.back().ng * segs.back().wpg;
-    NG += segs.back().ng;
-  }
-  TORCH_CHECK(word0 == KX, "segments do not cover the gather index");
-  const int64_t NB = seg_words.empty() ? (n_rows + L - 1) / L : seg_words[0].size(0);
-  for (const auto& w : seg_words) TORCH_CHECK(w.size(0) == NB, "segments disagree on the number of row blocks");
-  const bool sparse = sp_values.numel() > 0;
-  if (sparse) TORCH_CHECK(sp_rowptr.numel() == n_rows + 1 && sp_values.scalar_type() == at::kHalf);
-
-  at::Tensor y = at::zeros({M, NB * L}, x.options());
-  // Tables are 16 floats per activation: bound their memory by doing tokens in chunks.
-  const int64_t chunk = std::max<int64_t>(4, std::min<int64_t>(M, (int64_t{8} << 20) / std::max<int64_t>(1, KX * TW * 4)));
-  at::Tensor tables = at::empty({std::min(chunk, M), KX * TW}, x.options());
-  at::Tensor gsums = at::empty({std::min(chunk, M), std::max<int64_t>(NG, 1)}, x.options());
-  at::Tensor xb = at::empty({std::min(chunk, M), KX * 32}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int32_t* gi = gidx.data_ptr<int32_t>();
-  const float* gsc = gscale.data_ptr<float>();
-  // a row block costs ~10 cycles per word and token on AVX-512: stay serial below ~2k words of work
-  int64_t per_block = 0;
-  for (const Seg& s : segs) per_block += s.ng * s.wpg * s.P;
-  for (int64_t m0 = 0; m0 < M; m0 += chunk) {
-    const int64_t mc = std::min(chunk, M - m0);
-    Job j{NB, KX, std::max<int64_t>(NG, 1), tables.data_ptr<float>(), gsums.data_ptr<float>(), y.data_ptr<float>() + m0 * NB * L};
-    at::parallel_for(0, mc, mc > 1 ? 1 : 2, [&](int64_t a, int64_t b) {
-      for (int64_t t = a; t < b; ++t)
-        build_token(xp + (m0 + t) * K, gi, gsc, KX, segs, xb.data_ptr<float>() + t * KX * 32,
-                    tables.data_ptr<float>() + t * KX * TW, gsums.data_ptr<float>() + t * j.NG);
-    });
-    const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, per_block * mc));
-    at::parallel_for(0, NB, grain, [&](int64_t b0, int64_t b1) {
-      for (const Seg& s : segs) run_seg(s, j, b0, b1, 0, mc, isa);
-      if (!sparse) return;
-      const int64_t n0 = b0 * L, n1 = std::min(b1 * L, n_rows);
-      if (sp_colidx.scalar_type() == at::kShort)
-        sparse_rows(sp_values.data_ptr<at::Half>(), sp_colidx.data_ptr<int16_t>(), sp_rowptr.data_ptr<int32_t>(),
-                    xp + m0 * K, K, j.y, NB * L, n0, n1, 0, mc);
-      else
-        sparse_rows(sp_values.data_ptr<at::Half>(), sp_colidx.data_ptr<int32_t>(), sp_rowptr.data_ptr<int32_t>(),
-                    xp + m0 * K, K, j.y, NB * L, n0, n1, 0, mc);
-    });
-  }
-  return y;
-}
-
-int64_t lut_best_isa() { return best_isa(); }
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &lut_forward, "bit-plane LUT GEMV/GEMM (float32)");
-  m.def("best_isa", &lut_best_isa, "0 auto, 1 scalar, 2 avx2, 3 avx512");
+  pybind11::class_<Plan>(m, "Plan")
+      .def(pybind11::init<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                          std::vector<at::Tensor>, std::vector<int64_t>, at::Tensor, at::Tensor, at::Tensor, int64_t,
+                          int64_t>())
+      .def("forward", &Plan::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
 }

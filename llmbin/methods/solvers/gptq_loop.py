@@ -75,10 +75,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: Column
         for i in range(b1 - b0):
             col = int(order[b0 + i])
             if not static_groups and col % g == 0:
-                # the group's current weights: intra-block updated part from W1, the rest from W
+                # the group's current weights: inside the block from W1; past it, W plus the pending
+                # feedback of this block's columns so far (what a column-by-column update would hold)
                 width = min(g, n_cols - col)
                 in_block = min(width, b1 - b0 - i)
-                quantizer.start_group(col, torch.cat([W1[:, i:i + in_block], W[:, b1:b1 + width - in_block]], 1))
+                beyond = W[:, b1:b1 + width - in_block] - Err1[:, :i] @ U[b0:b0 + i, b1:b1 + width - in_block]
+                quantizer.start_group(col, torch.cat([W1[:, i:i + in_block], beyond], 1))
             w = W1[:, i]
             q = quantizer.quantize(col, w)
             d = U1[i, i]

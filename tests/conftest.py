@@ -1,0 +1,75 @@
+"""Shared fixtures: real tokenizer and text, tiny random models built from configs."""
+from __future__ import annotations
+
+import os
+
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"  # kernels run in triton's CPU interpreter
+    except ImportError:
+        pass
+
+import inspect as _inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def english_text() -> str:
+    """Real English prose available offline: the documentation of Python's standard library modules."""
+    import argparse, collections, email, functools, http.client, json, logging, pathlib, subprocess, threading, unittest, zipfile  # noqa: E401,E501
+
+    docs = []
+    for mod in (argparse, collections, email, functools, http.client, json, logging, pathlib, subprocess, threading,
+                unittest, zipfile):
+        docs.append(_inspect.getdoc(mod) or "")
+        for _, obj in _inspect.getmembers(mod):
+            if (_inspect.isclass(obj) or _inspect.isfunction(obj)) and getattr(obj, "__module__", "") == mod.__name__:
+                docs.append(_inspect.getdoc(obj) or "")
+    return "\n\n".join(d for d in docs if d)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "english.txt"
+    path.write_text(english_text())
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from llmbin.models.loading import bundled_path
+
+    return bundled_path("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def tiny_llama(vocab_size: int = 49152, seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=256, tie_word_embeddings=True,
+                         **{**TINY, **overrides})
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama with SmolLM2's real tokenizer, saved as an ordinary HF directory."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model = tiny_llama()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
