@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 if "TRITON_INTERPRET" not in os.environ:
     try:
         import torch

@@ -109,14 +109,29 @@ def load_config(ref: str, trust_remote_code: bool = False):
                           f"the Hugging Face hub could not provide it ({str(exc).splitlines()[0][:160]})") from None
 
 
+ENCODER_ONLY = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+                "camembert", "modernbert", "mpnet", "ernie", "xlnet", "megatron-bert", "roformer", "esm"}
+CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def check_causal_lm(ref: str, config) -> None:
+    """Refuse encoder-only and encoder-decoder models before loading any weights."""
+    kind = getattr(config, "model_type", "?")
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_encoder_decoder", False):
+        raise LlmbinError(f"{ref} is an encoder-decoder model ({kind}); llmbin quantizes decoder-only causal LMs")
+    if kind in ENCODER_ONLY or (archs and not any(a.endswith(CAUSAL_HEADS) for a in archs)):
+        raise LlmbinError(f"{ref} ({kind}, {', '.join(archs) or 'no architecture'}) is not a causal language model "
+                          "(encoder-only or unsupported architecture); llmbin quantizes decoder-only causal LMs")
+
+
 def load_model(ref: str, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False):
     """-> (model in eval mode on CPU, tokenizer). Quantization moves one layer at a time to `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or default_dtype(device)
     config = load_config(ref, trust_remote_code)
-    if getattr(config, "is_encoder_decoder", False):
-        raise LlmbinError(f"{ref} is an encoder-decoder model ({config.model_type}); llmbin quantizes decoder-only causal LMs")
+    check_causal_lm(ref, config)
     source, kwargs = resolve(ref)
     if "gguf_file" in kwargs:
         model, tokenizer = _load_gguf(Path(source), kwargs["gguf_file"], dtype)

@@ -1,0 +1,219 @@
+"""PTQ1.61 (ACL 2025): structured salient-channel mask, 4-bit salient channels, block-trained binarization scales.
+
+Per decoder layer:
+1. mask: per linear input, act[c] = max (or mean) |x_c| over the calibration tokens; the top
+   ceil(ratio * K) channels are salient; linears sharing an input (q/k/v, gate/up) share one mask;
+2. salient columns: 4-bit per-row min-max RTN (range of the entire row); the others:
+   r1 r2^T * (alpha * sign(W - mu) + mu) with mu frozen and alpha, r1, r2 learnable;
+3. block-wise training of alpha, r1, r2 against Y_fp (full-precision layer on the full-precision chain)
+   and Y_fq (full-precision layer on the quantized chain), see solvers/block_training.py.
+The method keeps the full-precision chain itself (`_fp_chain`), one tensor of layer inputs.
+Packed as one bit plane (A = 2 alpha, C = mu - alpha, out_scale = r1, in_scale = r2) plus a 4-bit block.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LlmbinError
+from ..models.walk import layer_output, set_submodule
+from ..stats import InputStats
+from .base import QuantMethod, QuantResult, register_method
+from .solvers.block_training import ChannelGather, StructuredBinaryLinear, TrainConfig, evaluate_block, train_block
+from .solvers.structured_mask import StructuredBinary, salient_channel_mask
+
+
+@dataclass
+class LoRAPreprocess:
+    """The paper's "quantization preprocessing": quantize, train a LoRA with a causal-LM loss, merge, quantize again."""
+
+    enabled: bool = False
+    r: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.1
+
+
+@dataclass
+class PTQ161Params:
+    act_stat: str = "max"  # max (reference code) | mean (paper's pseudocode) of |x_c|
+    salient_ratio: float = 0.2
+    epochs: int = 20
+    lr_alpha: float = 5e-4
+    lr_rowcol: float = 1e-3
+    batch_size: int = 1  # calibration windows per optimizer step
+    lr_schedule: str = "constant"  # constant | cosine
+    alpha_init: str = "mean_abs"  # mean_abs (reference: mean |w|) | lsq (mean |w - mu|)
+    train_mu: bool = False  # also train mu (an extension; costs no stored bit)
+    shuffle: bool = True  # window order reshuffled every epoch (seeded)
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with AMX, else fp32) | bf16 | fp32
+    preprocess: LoRAPreprocess = field(default_factory=LoRAPreprocess)
+
+    def check(self) -> None:
+        choices = {"act_stat": ("max", "mean"), "lr_schedule": ("constant", "cosine"),
+                   "alpha_init": ("mean_abs", "lsq"), "precision": ("auto", "bf16", "fp32")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise LlmbinError(f"ptq161 {key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
+        if not 0 <= self.salient_ratio < 1:
+            raise LlmbinError(f"ptq161 salient_ratio={self.salient_ratio} must be in [0, 1)")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise LlmbinError("ptq161 epochs must be >= 0 and batch_size >= 1")
+        if self.preprocess.enabled:
+            raise LlmbinError("ptq161 preprocess.enabled=true (restorative LoRA before quantization) is not "
+                              "implemented yet; run with preprocess.enabled=false (the paper's PTQ1.61* variant)")
+
+    def __post_init__(self):
+        self.check()
+
+
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return torch.bfloat16 if device.type == "cpu" and amx() else torch.float32
+
+
+def fit_call(obj, batch: int, windows: int, dtype: torch.dtype):
+    """A layer call's extra arguments for `windows` windows instead of `batch`, floating tensors in `dtype`."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() and obj.shape[0] == batch != windows:
+            if windows > batch:
+                raise LlmbinError(f"ptq161 batch_size {windows} is above pipeline.batch_size {batch}")
+            obj = obj[:windows]
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(fit_call(o, batch, windows, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: fit_call(v, batch, windows, dtype) for k, v in obj.items()}
+    return obj
+
+
+@register_method
+class PTQ161(QuantMethod):
+    name = "ptq161"
+    summary = "PTQ1.61: structured 4-bit salient input channels + binarized rest with block-trained scales (~1.6 bits)"
+    params_cls = PTQ161Params
+    stats = frozenset()  # act |x| max/mean only, collected while computing the block targets
+
+    def __init__(self, params):
+        params.check()
+        super().__init__(params)
+        self._fp_chain: torch.Tensor | None = None  # inputs of the current layer on the full-precision chain
+
+    # -- single linears (no training): the data-free fallback and direct use ---------------------------------
+    def quantize_linear(self, name, weight, stats, generator) -> QuantResult:
+        act = stats.absmax if self.params.act_stat == "max" else stats.absmean
+        sb = StructuredBinary.init(weight, salient_channel_mask(act, self.params.salient_ratio), self.params.alpha_init)
+        return QuantResult(sb.rounded().to_format(), {"paper_bits": round(sb.paper_bits(), 4)})
+
+    def fallback_linear(self, name, weight) -> QuantResult:
+        mask = salient_channel_mask(weight.float().norm(dim=0), self.params.salient_ratio)  # no inputs: column norms
+        sb = StructuredBinary.init(weight, mask, self.params.alpha_init)
+        return QuantResult(sb.rounded().to_format(), {"fallback": "untrained, mask by weight column norm"})
+
+    # -- one decoder layer ------------------------------------------------------------------------------------
+    def quantize_layer(self, ctx) -> None:
+        p, start = self.params, time.perf_counter()
+        dtype = compute_dtype(ctx.device, p.precision)
+        batches = list(ctx.batches())
+        sizes = [h.shape[0] for h, _, _ in batches]
+        if ctx.index == 0:
+            self._fp_chain = None
+        elif self._fp_chain is None or self._fp_chain.shape[0] != sum(sizes):
+            raise LlmbinError("ptq161 lost its full-precision chain: layers must be quantized in order from layer 0")
+        y_fq, stats = self._targets_and_stats(ctx, batches, dtype)
+        if self._fp_chain is None:  # layer 0: both chains start from the same captured input
+            y_fp = y_fq
+        else:
+            y_fp = self._fp_outputs(ctx, batches, self._fp_chain.split(sizes), dtype)
+        self._fp_chain = y_fp
+        if not ctx.linears:
+            return
+        x_q = torch.cat([h for h, _, _ in batches]).to(dtype)
+        del batches
+        _, args, kwargs = next(iter(ctx.batches()))
+        qlayer, modules = self._quantized_copy(ctx, stats, dtype)
+        calls: dict[int, tuple] = {}
+
+        def run(x):
+            if len(x) not in calls:
+                calls[len(x)] = (fit_call(args, sizes[0], len(x), dtype), fit_call(kwargs, sizes[0], len(x), dtype))
+            a, k = calls[len(x)]
+            return layer_output(qlayer(x, *a, **k))
+
+        loss_before = evaluate_block(run, x_q, y_fp, y_fq, sizes[0])
+        cfg = TrainConfig(p.epochs, p.lr_alpha, p.lr_rowcol, p.batch_size, p.lr_schedule, p.shuffle)
+        history = train_block(run, x_q, y_fp, y_fq, list(modules.values()), cfg, ctx.generator) if p.epochs else []
+        loss_after = evaluate_block(run, x_q, y_fp, y_fq, sizes[0])
+        for m in modules.values():
+            m.gather.clear()
+        for name, module in modules.items():
+            sb = module.export()
+            ctx.apply(name, QuantResult(sb.rounded().to_format(), {"paper_bits": round(sb.paper_bits(), 4)}))
+            ctx.log.module(module=f"{ctx.prefix}.{name}", layer=ctx.index, format="bitplane",
+                           k_salient=sb.k_salient, paper_bits=round(sb.paper_bits(), 4),
+                           alpha=round(sb.alpha.mean().item(), 5), r1=round(sb.r1.mean().item(), 4),
+                           r2=round(sb.r2.mean().item(), 4))
+        for name in set(ctx.linears) - set(modules):
+            result = self.fallback_linear(name, ctx.linears[name].weight.data.float().cpu())
+            ctx.apply(name, result)
+            ctx.log.note(f"{ctx.prefix}.{name} saw no calibration tokens: {result.metrics['fallback']}")
+        ctx.log.module(module=ctx.prefix, layer=ctx.index, block_loss_before=round(loss_before, 6),
+                       block_loss_after=round(loss_after, 6),
+                       epoch_losses=[round(v, 6) for v in history], dtype=str(dtype).removeprefix("torch."),
+                       seconds=round(time.perf_counter() - start, 2))
+
+    def _autocast(self, ctx, dtype):
+        return torch.autocast(ctx.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+    def _targets_and_stats(self, ctx, batches, dtype):
+        """Y_fq = FP layer on the quantized chain, observing each input group's |x| statistics on the way."""
+        handles, stats = [], {}
+        for group in ctx.groups:
+            s = InputStats(ctx.linears[group[0]].in_features, set(), ctx.device)
+            handles.append(ctx.linears[group[0]].register_forward_hook(lambda _m, inp, _o, s=s: s.update(inp[0])))
+            stats.update({n: s for n in group})
+        try:
+            with self._autocast(ctx, dtype):
+                y = torch.cat([ctx.forward(h, a, k).float() for h, a, k in batches])
+        finally:
+            for h in handles:
+                h.remove()
+        return y, stats
+
+    def _fp_outputs(self, ctx, batches, inputs, dtype):
+        with self._autocast(ctx, dtype):
+            return torch.cat([ctx.forward(x, a, k).float() for x, (_, a, k) in zip(inputs, batches)])
+
+    def _quantized_copy(self, ctx, stats, dtype):
+        """The layer in the compute dtype with every calibrated linear replaced by a StructuredBinaryLinear."""
+        p = self.params
+        qlayer = copy.deepcopy(ctx.layer).to(dtype)
+        qlayer.requires_grad_(False)
+        modules = {}
+        for group in ctx.groups:
+            names = [n for n in group if stats[n].tokens > 0]
+            if not names:
+                continue
+            act = stats[names[0]].absmax if p.act_stat == "max" else stats[names[0]].absmean
+            mask = salient_channel_mask(act, p.salient_ratio)
+            gather = None
+            for name in names:
+                linear = ctx.linears[name]
+                sb = StructuredBinary.init(linear.weight.data, mask, p.alpha_init)
+                gather = gather or ChannelGather(sb.perm.to(ctx.device))
+                modules[name] = StructuredBinaryLinear(sb, linear.bias, gather, dtype, p.train_mu)
+                set_submodule(qlayer, name, modules[name])
+        return qlayer, modules
+
+    def model_card_notes(self) -> str:
+        p = self.params
+        return (f"PTQ1.61 without quantization preprocessing (PTQ1.61*): {p.salient_ratio:.0%} of input channels "
+                f"(by {p.act_stat} |x|) at 4 bits, the rest binarized with block-trained scales "
+                f"({p.epochs} epochs, lr {p.lr_alpha}/{p.lr_rowcol}, {p.lr_schedule}).")
