@@ -9,6 +9,7 @@ import torch
 
 from .data import calibration_windows, load_text, token_stream
 from .data.windows import token_hash
+from .workarea import digest
 from .errors import LlmbinError
 from .methods import get_method
 from .methods.base import QuantResult
@@ -36,14 +37,18 @@ class QuantizedModel:
     tokenizer: object
     recipe: Recipe
     results: dict[str, QuantResult]
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # goes into quantization_config (deterministic: no timings)
     log: QuantLog | None = None
+    fingerprint: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # wall time, peak RSS of the run
 
-    def save(self, out: str | Path, overwrite: bool = False) -> Path:
-        from .checkpoint import save_checkpoint
+    def save(self, out: str | Path, overwrite: bool = False, work=None, rewrite_layers: bool = False) -> Path:
+        from .checkpoint import write_checkpoint
+        from .workarea import WorkArea
 
-        return save_checkpoint(self.model, self.tokenizer, self.results, out, self.info,
-                               self.log.jsonl() if self.log else "", overwrite)
+        work = work or WorkArea(out, self.fingerprint, overwrite=overwrite)
+        return write_checkpoint(self.model, self.tokenizer, self.results, work, self.info,
+                                self.log.jsonl() if self.log else "", overwrite, rewrite_layers)
 
 
 def max_context(config) -> int | None:
@@ -76,9 +81,35 @@ def provenance(model_ref: str, recipe: Recipe, calib_source: str, windows: torch
             "calibration_windows": list(windows.shape), "calibration_token_hash": token_hash(windows)}
 
 
+def model_revision(model_ref: str) -> str:
+    """What identifies the weights: bundled package version, hub commit, or local file names and sizes."""
+    from .models.loading import BUNDLED, resolve
+
+    if model_ref in BUNDLED:
+        from importlib.metadata import version
+
+        pkg = BUNDLED[model_ref].package.replace("_", "-")
+        return f"{pkg}=={version(pkg)}"
+    source, kwargs = resolve(model_ref)
+    path = Path(source)
+    if path.is_dir():
+        files = [path / kwargs["gguf_file"]] if "gguf_file" in kwargs else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        return digest([(f.name, f.stat().st_size) for f in files])
+    return model_ref
+
+
+def check_finite(model) -> None:
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not torch.isfinite(param).all():
+            raise LlmbinError(f"{name} has NaN or infinite weights; the model file is corrupted, re-download or re-export it")
+
+
 def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, overwrite: bool = False,
-             verbose: bool = True, trust_remote_code: bool = False) -> QuantizedModel:
-    """Quantize a model reference with a recipe; with `out`, write the packed checkpoint there."""
+             resume: bool = False, verbose: bool = True, trust_remote_code: bool = False) -> QuantizedModel:
+    """Quantize a model reference with a recipe; with `out`, write the packed checkpoint there.
+
+    Finished layers go to OUT's work area as they complete; `resume=True` continues an interrupted run.
+    """
     method = get_method(recipe.method)(recipe.params)
     if out is not None and Path(out).exists() and not overwrite:
         raise LlmbinError(f"{out} already exists; choose another -o or pass --overwrite")
@@ -91,21 +122,45 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
     device = torch.device(recipe.pipeline.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LlmbinError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
-    model, tokenizer = load_model(model_ref, recipe.pipeline.device, trust_remote_code=trust_remote_code)
+    stream = None
+    if recipe.pipeline.stream:
+        from .models.streaming import StreamedModel
+
+        stream = StreamedModel(model_ref, torch.float32 if device.type == "cpu" else torch.bfloat16, trust_remote_code)
+        model, tokenizer = stream.model, stream.tokenizer
+    else:
+        model, tokenizer = load_model(model_ref, recipe.pipeline.device, trust_remote_code=trust_remote_code)
+    if stream is None:
+        check_finite(model)
     windows, calib_source = calibration_ids(model, tokenizer, recipe)
+    fingerprint = {"config": digest(config.to_dict()), "recipe": digest(recipe.to_dict()),
+                   "model_revision": model_revision(model_ref), "calibration": token_hash(windows)}
+    work = None
+    if out is not None:
+        from .workarea import WorkArea
+
+        work = WorkArea(out, fingerprint, resume=resume, overwrite=overwrite)
     log = QuantLog(verbose=verbose)
-    results = quantize_model(model, method, windows, recipe.pipeline, recipe.calibration.seed, log)
-    generator = torch.Generator().manual_seed(recipe.calibration.seed)
-    method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
+    try:
+        results = quantize_model(model, method, windows, recipe.pipeline, recipe.calibration.seed, log, work, stream)
+        generator = torch.Generator().manual_seed(recipe.calibration.seed)
+        changed = method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
+    except LlmbinError:
+        if work is not None and not work.finished:
+            work.discard()  # nothing worth resuming
+        elif work is not None:
+            log.note(f"finished layers are kept in {work.path}; fix the problem and rerun with --resume")
+        raise
     info = {"recipe": recipe.to_dict(), "provenance": provenance(model_ref, recipe, calib_source, windows),
-            "skipped_modules": sorted(_unquantized_linears(model, results)),
-            "quantize_seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+            "skipped_modules": sorted(_unquantized_linears(model, results))}
     notes = getattr(method, "model_card_notes", None)
     if notes:
         info["method_notes"] = notes()
-    qm = QuantizedModel(model, tokenizer, recipe, results, info, log)
+    run_stats = {"quantize_seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    log.records.append({"summary": run_stats})
+    qm = QuantizedModel(model, tokenizer, recipe, results, info, log, fingerprint, run_stats)
     if out is not None:
-        qm.save(out, overwrite)
+        qm.save(out, overwrite, work=work, rewrite_layers=bool(changed))
     return qm
 
 

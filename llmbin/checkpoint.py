@@ -1,14 +1,11 @@
 """The packed checkpoint: a standard HF directory that `from_pretrained` and `llmbin.load` read.
 
-Written into a hidden temporary directory beside the target and renamed when complete, so a
-crash never leaves a directory whose config.json looks finished.
+It is assembled in the output's work area (llmbin/workarea.py) and renamed into place when
+complete, so a crash never leaves a directory whose config.json looks finished.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,7 +14,7 @@ from torch import nn
 from .errors import LlmbinError
 from .integrations.hf_quantizer import FORMAT_VERSION
 from .methods.base import QuantResult
-from .models.walk import set_submodule
+from .models.walk import decoder_layers, set_submodule
 from .nn import QuantLinear
 
 
@@ -29,60 +26,44 @@ def pack_model(model: nn.Module, results: dict[str, QuantResult]) -> None:
         set_submodule(model, name, QuantLinear.from_format(result.format, bias))
 
 
-def bits_summary(model: nn.Module) -> dict:
-    weights = stored_bits = paper = 0.0
-    fp16_bytes = packed_bytes = 0
-    for module in model.modules():
-        if isinstance(module, QuantLinear):
-            n = module.in_features * module.out_features
-            nbytes = sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
-            weights += n
-            stored_bits += 8 * nbytes
-            paper += module.meta["paper_bits"] * n
-            fp16_bytes += 2 * n
-            packed_bytes += nbytes
+def bits_summary(results: dict[str, QuantResult]) -> dict:
+    weights = sum(r.format.out_features * r.format.in_features for r in results.values())
     if not weights:
         return {}
-    return {"bpw_paper": round(paper / weights, 4), "bpw_all_in": round(stored_bits / weights, 4),
-            "quantized_weights": int(weights), "quantized_bytes": int(packed_bytes), "quantized_fp16_bytes": int(fp16_bytes)}
+    stored = sum(r.format.stored_bytes() for r in results.values())
+    paper = sum(r.format.paper_bits * r.format.out_features * r.format.in_features for r in results.values())
+    return {"bpw_paper": round(paper / weights, 4), "bpw_all_in": round(8 * stored / weights, 4),
+            "quantized_weights": int(weights), "quantized_bytes": int(stored), "quantized_fp16_bytes": int(2 * weights)}
 
 
-def staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+def quantization_config(results: dict[str, QuantResult], quant_info: dict) -> dict:
+    return {"quant_method": "llmbin", "format_version": FORMAT_VERSION,
+            "modules": {name: r.format.meta() for name, r in sorted(results.items())},
+            "bits": bits_summary(results), **quant_info}
 
 
-def finalize_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise LlmbinError(f"{out} already exists; choose another -o or pass --overwrite")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+def write_checkpoint(model, tokenizer, results: dict[str, QuantResult], work, quant_info: dict, log_jsonl: str,
+                     overwrite: bool = False, rewrite_layers: bool = False) -> Path:
+    """Save the layers the work area lacks (all of them with rewrite_layers), then finalize it into place.
 
-
-def save_checkpoint(model, tokenizer, results: dict[str, QuantResult], out: str | Path, quant_info: dict,
-                    log_jsonl: str, overwrite: bool = False, max_shard_size: str = "2GB") -> Path:
-    """Pack `model` in place and write the directory. `quant_info` goes into quantization_config."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LlmbinError(f"{out} already exists; choose another -o or pass --overwrite")
-    pack_model(model, results)
-    modules = {name: r.format.meta() for name, r in sorted(results.items())}
-    config = {"quant_method": "llmbin", "format_version": FORMAT_VERSION, "modules": modules,
-              "bits": bits_summary(model), **quant_info}
-    tmp = staging_dir(out)
-    try:
+    Afterwards the in-memory model holds QuantLinear modules, like a model loaded from the checkpoint.
+    """
+    prefix, layers = decoder_layers(model)
+    by_layer: dict[int, dict[str, QuantResult]] = {}
+    for name, result in results.items():
+        index, _, local = name[len(prefix) + 1:].partition(".")
+        by_layer.setdefault(int(index), {})[local] = result
+    streamed = next(layers[0].parameters()).device.type == "meta"
+    for i, layer in enumerate(layers):
+        if rewrite_layers or i not in work.finished:
+            if streamed:
+                raise LlmbinError("a streamed model cannot rewrite its layers at the end; drop --set pipeline.stream=true")
+            work.save_layer(i, f"{prefix}.{i}", layer, by_layer.get(i, {}))
+    config = quantization_config(results, quant_info)
+    out = work.finalize(model, prefix, config, tokenizer, log_jsonl, model_card(config), overwrite)
+    if not streamed:
+        pack_model(model, results)
         model.config.quantization_config = config
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "quant_log.jsonl").write_text(log_jsonl)
-        (tmp / "README.md").write_text(model_card(config))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finalize_dir(tmp, out, overwrite)
     return out
 
 

@@ -67,11 +67,12 @@ def main():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Method parameter (salient_ratio=0.2) or section key (pipeline.true_sequential=true); repeatable.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT's work area (same model, recipe, data).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-module log lines.")
 @friendly_errors
 def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, seqlen, seed, device, overrides,
-             overwrite, trust_remote_code, quiet):
+             overwrite, resume, trust_remote_code, quiet):
     """Quantize MODEL (hub id, local dir, .gguf file or bundled name) and write a packed checkpoint to OUT."""
     from .api import quantize as run
     from .recipe import Recipe
@@ -92,34 +93,52 @@ def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, se
         if not sep:
             raise LlmbinError(f"--set takes KEY=VALUE, got {item!r}")
         r.set(key.strip(), value.strip())
-    qm = run(model, r, out=out, overwrite=overwrite, verbose=not quiet, trust_remote_code=trust_remote_code)
-    bits_info = qm.model.config.quantization_config.get("bits", {})
+    qm = run(model, r, out=out, overwrite=overwrite, resume=resume, verbose=not quiet,
+             trust_remote_code=trust_remote_code)
+    from .checkpoint import bits_summary
+
+    bits_info = bits_summary(qm.results)
     click.echo(f"wrote {out}: {len(qm.results)} linears, {bits_info.get('bpw_paper')} bits/weight (paper), "
-               f"{bits_info.get('bpw_all_in')} all-in, {qm.info['quantize_seconds']} s, peak RSS "
-               f"{qm.info['peak_rss_mb']:.0f} MB")
+               f"{bits_info.get('bpw_all_in')} all-in, {qm.stats['quantize_seconds']} s, peak RSS "
+               f"{qm.stats['peak_rss_mb']:.0f} MB")
 
 
 @main.command(name="eval")
 @click.argument("model")
 @click.option("--ppl", default=None, help="Comma-separated texts: files (.txt/.jsonl/.parquet) or wikitext2, c4, ptb.")
-@click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per perplexity window.")
+@click.option("--protocol", type=click.Choice(["gptq", "lm-eval"]), default="gptq", show_default=True,
+              help="Perplexity protocol: gptq (token ppl over fixed windows) or lm-eval (its wikitext task, word ppl).")
+@click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per perplexity window (lm-eval: max length).")
 @click.option("--max-windows", type=int, default=None, help="Use only the first N windows.")
 @click.option("--bos", is_flag=True, help="Put a BOS token before each window (Gemma needs it).")
+@click.option("--tasks", default=None, help="Comma-separated lm-eval tasks (zero-shot unless --num-fewshot).")
+@click.option("--include-path", multiple=True, type=click.Path(), help="Directory of local lm-eval task YAML files; repeatable.")
+@click.option("--limit", type=float, default=None, help="Only the first N examples (documents) per task; < 1: a fraction.")
+@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples per prompt [the task's, else 0].")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="lm-eval batch size.")
+@click.option("--seed", type=int, default=None, help="One seed for lm-eval's random, numpy, torch and few-shot sampler [0/1234/1234/1234].")
+@click.option("--baseline", default=None, help="Full-precision model scored with the identical protocol; shows the delta.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write results as JSON here.")
+@click.option("-v", "--verbose", is_flag=True, help="lm-eval's own log lines.")
 @friendly_errors
-def eval_(model, ppl, seqlen, max_windows, bos, device, json_path):
-    """Score MODEL (packed llmbin dir, or any model reference) by perplexity ("gptq" protocol, labelled)."""
-    from .api import evaluate_ppl, load_any
+def eval_(model, ppl, protocol, seqlen, max_windows, bos, tasks, include_path, limit, num_fewshot, batch_size, seed,
+          baseline, device, json_path, verbose):
+    """Score MODEL (packed llmbin dir, or any model reference): perplexity under a labelled protocol, lm-eval tasks."""
+    from .eval.suite import EvalSpec, evaluate_with_baseline
+    from .integrations.lmeval import DEFAULT_SEEDS
 
-    if not ppl:
-        raise LlmbinError("nothing to evaluate: pass --ppl TEXT[,TEXT]")
-    m, tokenizer = load_any(model, device)
-    results = evaluate_ppl(m, tokenizer, [s for s in ppl.split(",") if s], seqlen, max_windows, bos)
-    for r in results:
-        click.echo(f"{r['name']}: ppl {r['ppl']:.4f} (protocol {r['protocol']}, seqlen {r['seqlen']}, "
-                   f"{r['windows']} windows, {r['seconds']} s)")
-    write_json(json_path, {"model": model, "perplexity": results})
+    split = lambda v: [s.strip() for s in (v or "").split(",") if s.strip()]  # noqa: E731
+    if protocol == "lm-eval" and not ppl and not tasks:
+        ppl = "wikitext"
+    spec = EvalSpec(ppl=split(ppl), protocol=protocol, seqlen=seqlen, max_windows=max_windows, bos=bos,
+                    tasks=split(tasks), include_path=list(include_path),
+                    limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
+                    batch_size=batch_size, seeds={k: seed for k in DEFAULT_SEEDS} if seed is not None else dict(DEFAULT_SEEDS))
+    record, lines = evaluate_with_baseline(model, spec, device, baseline, verbose)
+    for line in lines:
+        click.echo(line)
+    write_json(json_path, record)
 
 
 @main.command()

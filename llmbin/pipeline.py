@@ -155,7 +155,7 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seql
                     hidden: int) -> dict:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     layer_bytes = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
-    widest = max(m.in_features for layer in layers for m in layer.modules() if isinstance(m, nn.Linear))
+    widest = max(max(p.shape) for layer in layers for p in layer.parameters() if p.dim() == 2)
     acts = 2 * nsamples * seqlen * hidden * dtype_bytes  # inputs + outputs of one layer
     return {"model_bytes": params, "activation_bytes": acts, "layer_bytes": layer_bytes,
             "hessian_bytes": 4 * widest * widest * 4}
@@ -166,21 +166,23 @@ def _fmt_gb(n: int) -> str:
 
 
 def quantize_model(model: nn.Module, method: QuantMethod, calib_ids: torch.Tensor, options, seed: int,
-                   log: QuantLog) -> dict[str, QuantResult]:
-    """Quantize every linear inside the decoder layers in place (fake-quant); -> {qualified name: result}."""
+                   log: QuantLog, work=None, stream=None) -> dict[str, QuantResult]:
+    """Quantize every linear inside the decoder layers in place (fake-quant); -> {qualified name: result}.
+
+    `work` (a WorkArea) receives each finished layer and supplies the finished layers of an
+    interrupted run; `stream` (a StreamedModel) loads each layer from disk just in time.
+    """
     device = torch.device(options.device)
     prev_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        return _quantize_model(model, method, calib_ids, options, seed, log, device)
+        return _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev_tf32
 
 
-def _quantize_model(model, method, calib_ids, options, seed, log, device):
+def _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream):
     prefix, layers = decoder_layers(model)
-    for layer in layers:
-        make_linears_explicit(layer)
     hidden_size = model.get_input_embeddings().weight.shape[1]
     dtype = next(model.parameters()).dtype
     est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size)
@@ -196,6 +198,9 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device):
     skip = list(options.skip)
     bar = tqdm(range(len(layers)), desc="quantizing layers", unit="layer")
     for i in bar:
+        if stream is not None:
+            stream.load(i)
+        make_linears_explicit(layers[i])
         layer = layers[i].to(device)
         linears = {n: m for n, m in find_linears(layer).items() if not any(s in f"{prefix}.{i}.{n}" for s in skip)}
         generator = torch.Generator().manual_seed(seed * 100003 + i)
@@ -203,7 +208,15 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device):
         groups = input_sharing_groups(layer, linears, (first[0].to(device), first[1], first[2]))
         ctx = LayerContext(i, f"{prefix}.{i}", layer, linears, groups, cache, device, generator, log,
                            options.true_sequential)
-        method.quantize_layer(ctx)
+        if work is not None and i in work.finished:
+            method.on_layer_skipped(ctx)  # before the saved weights replace the full-precision ones
+            for name, result in work.load_layer(i, ctx.prefix).items():
+                ctx.apply(name, result)
+            log.note(f"layer {i}: restored from {work.path}")
+        else:
+            method.quantize_layer(ctx)
+            if work is not None:
+                work.save_layer(i, ctx.prefix, layer, ctx.results)
         missing = set(linears) - set(ctx.results)
         if missing:
             raise RuntimeError(f"method {method.name} left {sorted(missing)} of layer {i} unquantized")
@@ -214,8 +227,11 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device):
         cache = next_cache
         results.update({f"{prefix}.{i}.{n}": r for n, r in ctx.results.items()})
         layers[i] = layer.cpu()
+        if stream is not None:
+            stream.release(i)
     cache.close()
-    model.to("cpu")
+    if stream is None:
+        model.to("cpu")
     return results
 
 

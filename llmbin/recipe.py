@@ -31,6 +31,7 @@ class PipelineOptions:
     activation_cache: str = "cpu"  # cpu | disk
     device: str = "cpu"
     skip: list = field(default_factory=list)  # module-name substrings left in full precision
+    stream: bool = False  # load decoder layers one at a time from safetensors (models larger than RAM)
 
     def __post_init__(self):
         if self.activation_cache not in ("cpu", "disk"):

@@ -30,6 +30,13 @@ def packed(tmp_path_factory, tiny_llama_dir, text_file):
     return out, fake_logits
 
 
+def all_tensors(directory):
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
 def logits(model):
     with torch.no_grad():
         return model(IDS).logits
@@ -45,28 +52,32 @@ def test_from_pretrained_and_load_match_fake_quant(packed):
     assert cfg["quant_method"] == "llmbin" and cfg["format_version"] == 1
     assert cfg["provenance"]["calibration_token_hash"] and cfg["recipe"]["method"] == "gptq"
     assert (out / "quant_log.jsonl").read_text().count("\n") >= 14 and (out / "README.md").exists()
-    assert not list(out.parent.glob(".q.partial-*"))
+    assert not list(out.parent.glob(".q.partial*"))
 
 
 def test_save_load_save_identical(packed, tmp_path):
     out, _ = packed
     model, _ = llmbin.load(out)
     model.save_pretrained(tmp_path)
-    first, second = load_file(out / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    first, second = all_tensors(out), all_tensors(tmp_path)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_same_seed_byte_identical(packed, tiny_llama_dir, text_file, tmp_path):
     out, _ = packed
-    llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "again", verbose=False)
-    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    again = llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "again", verbose=False)
+    files = sorted(p.name for p in out.glob("*.safetensors"))
+    assert files == ["base.safetensors", "layer-00000.safetensors", "layer-00001.safetensors"]
+    for name in files + ["config.json", "model.safetensors.index.json"]:
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+    assert again.stats["quantize_seconds"] > 0
 
 
 def test_packed_size_matches_all_in_bits(packed):
     out, _ = packed
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
-    tensors = load_file(out / "model.safetensors")
+    tensors = all_tensors(out)
     packed_bytes = sum(t.numel() * t.element_size() for k, t in tensors.items()
                        if k.rsplit(".", 1)[0] in cfg["modules"])
     fp16_bytes = cfg["bits"]["quantized_fp16_bytes"]
@@ -78,9 +89,10 @@ def corrupt_copy(src, dst, edit_tensors=None, edit_config=None):
 
     shutil.copytree(src, dst)
     if edit_tensors:
-        tensors = load_file(dst / "model.safetensors")
+        shard = dst / "layer-00000.safetensors"
+        tensors = load_file(shard)
         edit_tensors(tensors)
-        save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+        save_file(tensors, shard, metadata={"format": "pt"})
     if edit_config:
         cfg = json.loads((dst / "config.json").read_text())
         edit_config(cfg)
@@ -91,8 +103,8 @@ def corrupt_copy(src, dst, edit_tensors=None, edit_config=None):
 def test_corrupted_checkpoints_refused(packed, tmp_path):
     out, _ = packed
     truncated = corrupt_copy(out, tmp_path / "truncated")
-    data = (truncated / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    data = (truncated / "layer-00000.safetensors").read_bytes()
+    (truncated / "layer-00000.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(LlmbinError, match="truncated or corrupted"):
         llmbin.load(truncated)
 

@@ -82,4 +82,4 @@ def test_bad_input_one_line_error(case, bad_inputs, tiny_llama_dir, text_file, t
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
-    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.partial*"))

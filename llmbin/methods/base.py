@@ -63,5 +63,9 @@ class QuantMethod:
             for name in group:
                 ctx.quantize_one(name, stats[name], self)
 
-    def on_model_end(self, model, ctx) -> None:
-        pass
+    def on_layer_skipped(self, ctx) -> None:
+        """A resumed run restores this layer from the work area instead of quantizing it."""
+
+    def on_model_end(self, model, ctx) -> bool:
+        """Model-level stage after all layers; return True when it changed any result."""
+        return False

@@ -1,11 +1,9 @@
 """Native CPU backend: a lookup-table GEMV over bit planes (lut.cpp), built on first use.
 
-prepare() repacks the semantic layout into the kernel's layout:
-- every segment's planes padded so each group starts on a 32-bit word, then rows interleaved
-  16 at a time: words [NB, KW, P, 16] int32 (NB = ceil(N / 16), KW = groups * words per group);
-- scales [NB, groups, P, 16] and offsets [NB, groups, 16] in float32 with out_scale folded in;
-- the PTQ1.61 4-bit salient block as a second segment of 4 planes (scale s*2^b, offset -z*s);
-- one gather index + multiplier over x that applies perm, in_scale and the zero padding.
+prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4
+more planes; groups padded to whole words; one gather index applying perm/in_scale/padding) and
+interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
+scales [NB, groups, P, 16] and offsets [NB, groups, 16] float32, out_scale folded in.
 The C++ extension compiles with torch.utils.cpp_extension on the first forward (cached under
 $LLMBIN_CACHE/torch_extensions, default ~/.cache/llmbin/torch_extensions). If it cannot be built,
 supports() reports why, a one-time warning says so, and the selector falls back to `torch`.
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import register_backend
-from ...formats.bits import pack_codes, unpack_codes, unpack_nibbles
+from .layout import layer_layout
 
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
 ROWS = 16  # rows per interleaved block = entries per lookup table
@@ -67,34 +65,11 @@ def build_error() -> str | None:
     return _error
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _interleave(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
     """[P, N, X] -> [NB, X, P, 16]: rows padded to blocks of 16, block-major, rows innermost."""
     p, n, x = t.shape
     t = F.pad(t, (0, 0, 0, n_blocks * ROWS - n))
     return t.view(p, n_blocks, ROWS, x).permute(1, 3, 0, 2).contiguous()
-
-
-def group_words(planes: torch.Tensor, k: int, g: int) -> tuple[torch.Tensor, int, int]:
-    """Packed planes [P, N, ceil(k/32)] -> [P, N, ng * wpg] with group j in words [j*wpg, (j+1)*wpg)."""
-    g = min(g, k)
-    ng, wpg = _ceil(k, g), _ceil(g, 32)
-    if ng == 1 or g % 32 == 0:  # groups already start on words: only pad the last one
-        return F.pad(planes[..., : ng * wpg], (0, ng * wpg - min(planes.shape[-1], ng * wpg))), ng, wpg
-    bits = F.pad(unpack_codes(planes, 1, k), (0, ng * g - k)).unflatten(-1, (ng, g))
-    return pack_codes(F.pad(bits, (0, wpg * 32 - g)), 1).flatten(-2), ng, wpg
-
-
-def group_positions(k: int, g: int) -> torch.Tensor:
-    """For each padded slot ng*wpg*32, its position in the segment's channel order, or -1 for padding."""
-    g = min(g, k)
-    ng, wpg = _ceil(k, g), _ceil(g, 32)
-    j = torch.arange(wpg * 32)
-    pos = torch.arange(ng)[:, None] * g + j[None, :]
-    return torch.where((j[None, :] < g) & (pos < k), pos, -1).flatten()
 
 
 @dataclass
@@ -104,45 +79,21 @@ class CpuState:
 
 
 def prepare_state(module, isa: str | None = None) -> CpuState:
-    meta = module.meta
-    n, k, k_sal = meta["out_features"], meta["in_features"], meta["k_salient"]
-    k_bin, nb = k - k_sal, _ceil(meta["out_features"], ROWS)
-    buf = {name: b.detach().cpu() for name, b in module.named_buffers(recurse=False)}
-    perm = buf["perm"].long() if meta["perm"] else torch.arange(k)
-    out_scale = buf["out_scale"].float() if meta["out_scale"] else torch.ones(n)
-    in_scale = buf["in_scale"].float() if meta["in_scale"] else torch.ones(k)
-    words, ng, wpg = group_words(buf["planes"], k_bin, meta["group_size"])
-    seg_words, seg_scales, seg_offsets = [_interleave(words, nb)], [], []
-    seg_scales.append(_interleave(buf["scales"].float()[:, :, :ng] * out_scale[None, :, None], nb))
-    off = buf["offsets"].float() * out_scale[:, None] if meta["offsets"] else None
-    seg_offsets.append(torch.empty(0) if off is None else _interleave(off[None], nb)[:, :, 0])
-    pos = group_positions(k_bin, meta["group_size"])
-    src = torch.where(pos >= 0, perm[pos.clamp(min=0)], -1)
-    gscale = torch.where(pos >= 0, in_scale[src.clamp(min=0)], 0.0)
-    shape = [ng, wpg]
-    if k_sal:  # codes q in 0..15 as 4 planes: s * sum_b 2^b M_b(x) - z * s * S(x) = sum (q - z) s x
-        codes = unpack_nibbles(buf["salient_q"], k_sal).long()
-        planes = pack_codes((codes[None] >> torch.arange(4)[:, None, None]) & 1, 1)
-        s, z = buf["salient_scale"].float(), buf["salient_zero"].float()
-        seg_words.append(_interleave(planes, nb))
-        seg_scales.append(_interleave((s[None, :] * (2.0 ** torch.arange(4))[:, None])[..., None], nb))
-        seg_offsets.append(_interleave((-z * s)[None, :, None], nb)[:, :, 0])
-        spos = group_positions(k_sal, k_sal)
-        ssrc = torch.where(spos >= 0, perm[k_bin + spos.clamp(min=0)], -1)
-        src, gscale = torch.cat([src, ssrc]), torch.cat([gscale, (ssrc >= 0).float()])
-        shape += [1, _ceil(k_sal, 32)]
-    sparse = (torch.empty(0, dtype=torch.float16), torch.empty(0, dtype=torch.int32), torch.empty(0, dtype=torch.int32))
-    if meta["sparse_nnz"] is not None:
-        sparse = (buf["sparse_values"].half().contiguous(), buf["sparse_colidx"].contiguous(),
-                  buf["sparse_rowptr"].int().contiguous())
     ext = load_extension()
     if ext is None:
         raise RuntimeError(f"llmbin cpu backend unavailable: {_error}")
     isa = isa or os.environ.get("LLMBIN_CPU_ISA", "auto")
     if isa not in ISAS:
         raise ValueError(f"LLMBIN_CPU_ISA={isa} is not one of {', '.join(ISAS)}")
-    plan = ext.Plan(src.int().contiguous(), gscale.float().contiguous(), seg_words, seg_scales, seg_offsets, shape,
-                    *sparse, n, k)
+    lay = layer_layout(module.meta, dict(module.named_buffers(recurse=False)))
+    nb = -(-lay.out_features // ROWS)
+    segs = lay.segments
+    offsets = [torch.empty(0) if s.offsets is None else _interleave(s.offsets[None], nb)[:, :, 0] for s in segs]
+    sparse = lay.sparse or (torch.empty(0, dtype=torch.float16), torch.empty(0, dtype=torch.int32),
+                            torch.empty(0, dtype=torch.int32))
+    plan = ext.Plan(lay.src.int(), lay.gscale, [_interleave(s.words, nb) for s in segs],
+                    [_interleave(s.scales, nb) for s in segs], offsets, [v for s in segs for v in (s.ng, s.wpg)],
+                    *sparse, lay.out_features, lay.in_features)
     return CpuState(plan, ISAS[isa])
 
 

