@@ -132,3 +132,49 @@ def test_packed_smollm2_local_task_end_to_end(text_file, tmp_path):
 
     model, _ = load_any(str(packed))
     assert any(isinstance(m, QuantLinear) for m in model.modules())  # what lm-eval scored ran the packed kernels
+
+
+def test_lmeval_wikitext_protocol_on_local_copy(tiny_llama_dir, tmp_path, monkeypatch):
+    """The lm-eval protocol's code path offline: lm-eval's own wikitext task, its data swapped for local
+    documents; word perplexity must equal exp(sum of token NLL / words) computed here independently."""
+    import shutil
+
+    import torch
+    import torch.nn.functional as F
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmbin.eval import lmeval_ppl
+    from llmbin.integrations.lmeval import builtin_task_dir
+
+    task_dir = tmp_path / "wikitext"
+    shutil.copytree(builtin_task_dir("wikitext"), task_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    docs = [" = Rivers = \n Rivers carry water from hills to the sea . \n",
+            " = Bread = \n Bread is baked from flour , water and yeast in an oven . \n"]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"page": d}) + "\n" for d in docs))
+    text = (task_dir / "wikitext.yaml").read_text().replace("!function ", "FUNCTION:")
+    config = yaml.safe_load(text)
+    config.update(dataset_path="json", dataset_kwargs={"data_files": {s: str(data) for s in ("train", "validation", "test")}})
+    config.pop("dataset_name")
+    (task_dir / "wikitext.yaml").write_text(yaml.safe_dump(config).replace("FUNCTION:", "!function "))
+    monkeypatch.setattr(lmeval_ppl, "builtin_task_dir", lambda name: task_dir)
+
+    out = tmp_path / "w.json"
+    result = run("eval", tiny_llama_dir, "--protocol", "lm-eval", "--seqlen", "128", "--json", out)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())["perplexity"][0]
+    assert record["protocol"] == "lm-eval" and record["metric"] == "word_perplexity" and record["documents"] == 2
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    detok = __import__("lm_eval.tasks.wikitext.preprocess_wikitext", fromlist=["x"]).wikitext_detokenizer
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    nll, words = 0.0, 0
+    with torch.no_grad():
+        for d in docs:
+            ids = torch.tensor([[prefix] + tokenizer(detok({"page": d}), add_special_tokens=False)["input_ids"]])
+            logits = model(ids).logits[0, :-1]
+            nll += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            words += len(__import__("re").split(r"\s+", d))
+    assert record["ppl"] == pytest.approx(math.exp(nll / words), rel=1e-4)

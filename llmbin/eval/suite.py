@@ -46,6 +46,18 @@ class EvalSpec:
     def describe(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_options(cls, ppl: str | None, protocol: str, tasks: str | None, limit: float | None, seed: int | None,
+                     **rest) -> "EvalSpec":
+        """From CLI strings: comma lists, --limit N (>= 1: examples) or fraction, one --seed for all four seeds."""
+        split = lambda v: [s.strip() for s in (v or "").split(",") if s.strip()]  # noqa: E731
+        if protocol == "lm-eval" and not ppl and not tasks:
+            ppl = "wikitext"
+        seeds = {k: seed for k in DEFAULT_SEEDS} if seed is not None else dict(DEFAULT_SEEDS)
+        limit = int(limit) if limit is not None and limit >= 1 else limit
+        return cls(ppl=split(ppl), protocol=protocol, tasks=split(tasks), limit=limit, seeds=seeds,
+                   **{k: list(v) if isinstance(v, tuple) else v for k, v in rest.items()})
+
 
 def evaluate(model, tokenizer, spec: EvalSpec, verbose: bool = False) -> dict:
     """Score one loaded model under `spec` -> {"perplexity": [...], "zeroshot": {...}} (keys present when asked)."""

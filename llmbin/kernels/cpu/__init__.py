@@ -97,9 +97,9 @@ def prepare_state(module, isa: str | None = None) -> CpuState:
     return CpuState(plan, ISAS[isa])
 
 
-def lut_matmul(state: CpuState, x: torch.Tensor, isa: str | None = None) -> torch.Tensor:
-    """x [..., K] (fp32/fp16/bf16) -> y [..., N] in x.dtype, bias excluded."""
-    return state.plan.forward(x, ISAS[isa] if isa else state.isa)
+def lut_matmul(state: CpuState, x: torch.Tensor, isa: str | None = None, poison: bool = False) -> torch.Tensor:
+    """x [..., K] (fp32/fp16/bf16) -> y [..., N] in x.dtype, bias excluded. `poison` NaN-fills buffers first."""
+    return state.plan.forward(x, ISAS[isa] if isa else state.isa, poison)
 
 
 class CpuBackend:

@@ -15,6 +15,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -40,6 +41,7 @@ struct Job {
   const float* tables;    // token t: tables + t*tstride, [words][8][16]
   const float* gsums;     // token t: gsums + t*tstride, [groups]
   float* y;               // [M][NB*16]
+  bool first;             // the first segment writes y, later ones add to it
 };
 
 // ---- portable scalar path -------------------------------------------------------------------
@@ -62,7 +64,7 @@ void seg_scalar(const Seg& s, const Job& j, int64_t nb, int64_t t) {
       }
       if (s.offsets) yl += s.offsets[(nb * s.ng + g) * L + lane] * gs[g];
     }
-    y[lane] += yl;
+    y[lane] = j.first ? yl : y[lane] + yl;
   }
 }
 
@@ -83,7 +85,7 @@ __attribute__((target("avx512f"))) void seg_avx512(const Seg& s, const Job& j, i
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) yacc[r][t] = _mm512_loadu_ps(y0 + t * ystride + r * L);
+      for (int t = 0; t < T; ++t) yacc[r][t] = j.first ? _mm512_setzero_ps() : _mm512_loadu_ps(y0 + t * ystride + r * L);
   }
   for (int64_t g = 0; g < s.ng; ++g) {
     __m512 acc[A][RB][P][T];
@@ -127,7 +129,8 @@ __attribute__((target("avx512f"))) void seg_avx512(const Seg& s, const Job& j, i
       const __m512 off = s.offsets ? _mm512_loadu_ps(s.offsets + ((nb + r) * s.ng + g) * L) : _mm512_setzero_ps();
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
-        __m512 v = YREG ? yacc[YREG ? r : 0][YREG ? t : 0] : _mm512_loadu_ps(y0 + t * ystride + r * L);
+        __m512 v = YREG ? yacc[YREG ? r : 0][YREG ? t : 0]
+                        : j.first && g == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(y0 + t * ystride + r * L);
 #pragma GCC unroll 16
         for (int p = 0; p < P; ++p)
           v = _mm512_fmadd_ps(sc[p], A == 2 ? _mm512_add_ps(acc[0][r][p][t], acc[A - 1][r][p][t]) : acc[0][r][p][t], v);
@@ -179,7 +182,7 @@ __attribute__((target("avx2,fma"))) void seg_avx2(const Seg& s, const Job& j, in
         yacc = _mm256_fmadd_ps(_mm256_loadu_ps(s.offsets + (nb * s.ng + g) * L + 8 * h), _mm256_set1_ps(gs[g]), yacc);
     }
     float* yp = j.y + t * j.NB * L + nb * L + 8 * h;
-    _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), yacc));
+    _mm256_storeu_ps(yp, j.first ? yacc : _mm256_add_ps(_mm256_loadu_ps(yp), yacc));
   }
 }
 #endif
@@ -365,16 +368,21 @@ struct Plan {
                   sp_colidx.numel() == sp_values.numel());
   }
 
-  at::Tensor forward(const at::Tensor& x_in, int64_t isa) const {
+  // poison: fill the output and workspace with NaN first (tests: every value used must be written)
+  at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const {
     TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
     if (isa == kAuto) isa = best_isa();
     TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
     const at::Tensor x = x_in.reshape({-1, K}).to(at::kFloat).contiguous();
     const int64_t M = x.size(0);
-    at::Tensor y = at::zeros({M, NB * L}, x.options());
+    at::Tensor y = at::empty({M, NB * L}, x.options());
     // Tables take 16 floats per activation: bound their memory by doing tokens in chunks.
     const int64_t chunk = std::min(M, std::max<int64_t>(4, (int64_t{8} << 20) / (KX * TW * 4)));
     at::Tensor work = at::empty({std::max<int64_t>(chunk, 1), KX * TW + KX * 32 + NG}, x.options());
+    if (poison) {
+      y.fill_(std::numeric_limits<float>::quiet_NaN());
+      work.fill_(std::numeric_limits<float>::quiet_NaN());
+    }
     const int64_t wstride = work.size(1);
     const float* xp = x.data_ptr<float>();
     const bool sparse = sp_values.numel() > 0;
@@ -382,7 +390,7 @@ struct Plan {
       const int64_t mc = std::min(chunk, M - m0);
       float* wp = work.data_ptr<float>();
       // per token: tables, then the gathered activations, then the group sums
-      const Job j{NB, wstride, wp, wp + KX * TW + KX * 32, y.data_ptr<float>() + m0 * NB * L};
+      const Job j{NB, wstride, wp, wp + KX * TW + KX * 32, y.data_ptr<float>() + m0 * NB * L, true};
       at::parallel_for(0, mc, 1 + (mc == 1), [&](int64_t a, int64_t b) {
         for (int64_t t = a; t < b; ++t) {
           float* base = wp + t * wstride;
@@ -400,7 +408,11 @@ struct Plan {
       // a block costs ~10 cycles per word and token with AVX-512: stay serial below ~2k words of work
       const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, per_block * mc));
       at::parallel_for(0, NB, grain, [&](int64_t b0, int64_t b1) {
-        for (const Seg& s : segs) run_seg(s, j, b0, b1, 0, mc, isa);
+        Job js = j;
+        for (const Seg& s : segs) {
+          run_seg(s, js, b0, b1, 0, mc, isa);
+          js.first = false;
+        }
         if (!sparse) return;
         const int64_t n0 = b0 * L, n1 = std::min(b1 * L, N);
         for (int64_t t = 0; t < mc; ++t) run_sparse(xp + (m0 + t) * K, j.y + t * NB * L, n0, n1, isa);
@@ -435,6 +447,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(pybind11::init<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                           std::vector<at::Tensor>, std::vector<int64_t>, at::Tensor, at::Tensor, at::Tensor, int64_t,
                           int64_t>())
-      .def("forward", &Plan::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
+           pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
 }

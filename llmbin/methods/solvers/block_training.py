@@ -45,7 +45,6 @@ class StructuredBinaryLinear(nn.Module):
         super().__init__()
         device = gather.perm.device
         self.template, self.gather, self.k_bin = sb, gather, sb.k_bin
-        self.register_buffer("perm", gather.perm)
         self.register_buffer("signs", sb.signs.to(device, dtype))
         self.register_buffer("salient", sb.salient_values().to(device, dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().to(device, dtype))
@@ -56,7 +55,7 @@ class StructuredBinaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.signs.dtype
-        xp = x.to(dtype).index_select(-1, self.perm) if self.gather is None else self.gather(x.to(dtype))
+        xp = self.gather(x).to(dtype)
         xb = xp[..., :self.k_bin] * self.r2.to(dtype)
         y = torch.addcmul((xb @ self.signs.T) * (self.r1 * self.alpha).to(dtype),
                           xb.sum(-1, keepdim=True), (self.r1 * self.mu).to(dtype))

@@ -35,7 +35,7 @@ def levels_of(b1: torch.Tensor, b2: torch.Tensor, a1: torch.Tensor, a2: torch.Te
 def sorted_levels(a1: torch.Tensor, a2: torch.Tensor):
     """-> (the 4 levels ascending [N, 4], their codes 2*b1 + b2 [N, 4], the 3 midpoints between them [N, 3])."""
     codes = torch.arange(4).expand(len(a1), 4)
-    levels, order = levels_of(codes >= 2, codes % 2 == 1, a1, a2).sort(dim=1, stable=True)
+    levels, order = levels_of(codes >= 2, (codes & 1).bool(), a1, a2).sort(dim=1, stable=True)
     return levels, codes.gather(1, order), (levels[:, 1:] + levels[:, :-1]) / 2
 
 
@@ -48,16 +48,18 @@ def assign_codes(w: torch.Tensor, levels, codes, midpoints) -> tuple[torch.Tenso
 def assign(w: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-level planes for w [N, G] -> (b1, b2) bool [N, G]."""
     code, _ = assign_codes(w, *sorted_levels(a1, a2))
-    return code >= 2, code % 2 == 1
+    return code >= 2, (code & 1).bool()
+
+
+def _sq_error(residual: torch.Tensor, col_weights=None) -> torch.Tensor:
+    err = residual.double() ** 2
+    return (err if col_weights is None else err * col_weights.double()).sum(dim=1)
 
 
 def group_error(w, a1, a2, col_weights=None) -> torch.Tensor:
     """Per-row (weighted) squared error of the nearest-level assignment: [N] float64."""
-    b1, b2 = assign(w, a1, a2)
-    err = (w - levels_of(b1, b2, a1, a2)).double() ** 2
-    if col_weights is not None:
-        err = err * col_weights.double()
-    return err.sum(dim=1)
+    _, values = assign_codes(w, *sorted_levels(a1, a2))
+    return _sq_error(w - values, col_weights)
 
 
 def refit_scales(w, b1, b2, a1, a2, col_weights=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,16 +80,17 @@ def fit_dual(w: torch.Tensor, refit_iters: int = 3, col_weights: torch.Tensor | 
     """w [N, G] -> (a1, a2) [N]: init, then up to `refit_iters` guarded refit + re-assign rounds."""
     w = w.float()
     a1, a2 = init_scales(w)
-    err = group_error(w, a1, a2, col_weights)
+    code, values = assign_codes(w, *sorted_levels(a1, a2))
+    err = _sq_error(w - values, col_weights)
     for _ in range(refit_iters):
-        b1, b2 = assign(w, a1, a2)
-        n1, n2 = refit_scales(w, b1, b2, a1, a2, col_weights)
-        new_err = group_error(w, n1, n2, col_weights)
+        n1, n2 = refit_scales(w, code >= 2, (code & 1).bool(), a1, a2, col_weights)
+        new_code, new_values = assign_codes(w, *sorted_levels(n1, n2))
+        new_err = _sq_error(w - new_values, col_weights)
         better = new_err <= err  # never raise a row's error (float16 rounding could)
         if not bool((better & ((n1 != a1) | (n2 != a2))).any()):
             break
         a1, a2 = torch.where(better, n1, a1), torch.where(better, n2, a2)
-        err = torch.minimum(err, new_err)
+        code, err = torch.where(better[:, None], new_code, code), torch.where(better, new_err, err)
     return a1, a2
 
 
@@ -99,7 +102,7 @@ class DualBinaryColumnQuantizer:
         self.group_size = in_features if group_size <= 0 else group_size
         self.in_features, self.refit_iters, self.col_weights = in_features, refit_iters, col_weights
         ng = -(-in_features // self.group_size)
-        self.codes = torch.zeros(out_features, in_features, dtype=torch.long)  # 2*b1 + b2
+        self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8)  # 2*b1 + b2
         self.scales = torch.zeros(2, out_features, ng)
         self.tables: dict[int, tuple] = {}  # group -> sorted_levels(a1, a2), the per-column lookup
 
@@ -126,6 +129,6 @@ class DualBinaryColumnQuantizer:
         return out
 
     def to_format(self, paper_bits: float = 2.0) -> BitPlaneFormat:
-        planes = torch.stack([self.codes >= 2, self.codes % 2 == 1])
+        planes = torch.stack([self.codes >= 2, (self.codes & 1).bool()])
         return BitPlaneFormat(planes=planes, scales=self.scales.half(), offsets=None, group_size=self.group_size,
                               in_features=self.in_features, paper_bits=paper_bits)

@@ -1,0 +1,224 @@
+"""Speed benchmarks (BENCH.md "Speed protocol"): packed-kernel tables and end-to-end decode tokens/s.
+
+Kernel bench: for each shape N x K and batch M, every llmbin backend that can run here on the same
+random packed weights, against F.linear in float32 and bfloat16 (CUDA: float16 and bfloat16), in the
+same process. Candidates are timed round-robin, one call each per round, so a noisy neighbour slows
+all of them alike; the median over rounds is reported with bytes moved and GB/s. CPU timings are
+hot-cache (weights stay in the caches between calls), as F.linear's are.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import click
+import torch
+import torch.nn.functional as F
+
+from .formats import BitPlaneFormat, SparseCorrection
+
+BENCH_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (576, 576), (192, 576), (1536, 576), (576, 1536)]
+BENCH_BATCHES = [1, 4, 16, 64]
+
+
+def random_bitplane(n: int, k: int, planes: int = 1, group: int = 128, *, offsets: bool = True,
+                    in_scale: bool = False, out_scale: bool = False, perm: bool = False, k_salient: int = 0,
+                    sparse: float = 0.0, generator: torch.Generator | None = None) -> BitPlaneFormat:
+    """A random but well-formed BitPlaneFormat (kernel tests and benches)."""
+    g, f16 = generator, torch.float16
+    k_bin = k - k_salient
+    ng = -(-k_bin // group)
+    fmt = BitPlaneFormat(
+        planes=torch.rand(planes, n, k_bin, generator=g) < 0.5,
+        scales=(torch.rand(planes, n, ng, generator=g) * 0.1 + 0.01).to(f16),
+        offsets=(torch.randn(n, ng, generator=g) * 0.02).to(f16) if offsets else None,
+        group_size=group, in_features=k, paper_bits=float(planes),
+        in_scale=(torch.rand(k, generator=g) + 0.5).to(f16) if in_scale else None,
+        out_scale=(torch.rand(n, generator=g) + 0.5).to(f16) if out_scale else None,
+        perm=torch.randperm(k, generator=g).to(torch.int32) if perm else None)
+    if k_salient:
+        fmt.salient_codes = torch.randint(0, 16, (n, k_salient), generator=g, dtype=torch.uint8)
+        fmt.salient_scale = (torch.rand(n, generator=g) * 0.02 + 0.001).to(f16)
+        fmt.salient_zero = torch.randint(0, 16, (n,), generator=g).to(f16)
+    if sparse:
+        mask = torch.rand(n, k, generator=g) < sparse
+        fmt.sparse = SparseCorrection.from_dense(torch.randn(n, k, generator=g) * 0.05 * mask)
+    return fmt
+
+
+def _round_robin(fns: dict, min_rounds: int = 30, max_rounds: int = 2000, budget_s: float = 2.0,
+                 warmup: int = 5, sync=None) -> dict:
+    """Median seconds per call of each fn, timed in interleaved rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    for r in range(max_rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - t)
+        if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+            break
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _cuda_times(fns: dict) -> dict:
+    from triton.testing import do_bench  # flushes L2 between runs
+
+    return {name: do_bench(fn, return_mode="median") * 1e-3 for name, fn in fns.items()}
+
+
+def _packed_bytes(fmt: BitPlaneFormat) -> int:
+    return sum(t.numel() * t.element_size() for t in fmt.tensors().values())
+
+
+def _machine() -> dict:
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
+            platform.machine(), "loadavg_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    try:
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *, group: int = 128,
+                     device: str | None = None, budget_s: float = 2.0, log=print) -> list[dict]:
+    """Time every available backend against F.linear; returns (and optionally writes) one row per candidate."""
+    from .kernels import BACKENDS, _load_optional_backends
+    from .nn import QuantLinear
+
+    _load_optional_backends()
+    shapes, batches = shapes or BENCH_SHAPES, batches or BENCH_BATCHES
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    low = torch.float16 if cuda else torch.bfloat16
+    low_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[low]
+    base_names = {torch.float32: "F.linear fp32", low: f"F.linear {low_name}"}
+    machine = _machine()
+    rows = []
+    for n, k in shapes:
+        gen = torch.Generator().manual_seed(1000 * n + k)
+        w32 = torch.randn(n, k, generator=gen).to(dev) / k**0.5
+        wlow = w32.to(low)
+        layers = {}
+        for p in planes:
+            fmt = random_bitplane(n, k, p, group, generator=gen)
+            module = QuantLinear.from_format(fmt).to(dev)
+            for b in BACKENDS.values():
+                if b.supports(module.meta, dev, torch.float32) is None:
+                    layers[(b.name, p)] = (b, b.prepare(module), module, _packed_bytes(fmt))
+        for m in batches:
+            x32 = torch.randn(m, k, generator=gen).to(dev)
+            xlow = x32.to(low)
+            fns = {base_names[torch.float32]: lambda: F.linear(x32, w32), base_names[low]: lambda: F.linear(xlow, wlow)}
+            for (name, p), (b, state, module, _) in layers.items():
+                fns[f"{name} P{p}"] = lambda b=b, s=state, mod=module: b.forward(mod, s, x32)
+            times = _cuda_times(fns) if cuda else _round_robin(fns, budget_s=budget_s)
+            act = m * k * 4 + m * n * 4
+            sizes = {base_names[torch.float32]: n * k * 4 + act, base_names[low]: n * k * 2 + act // 2}
+            sizes.update({f"{name} P{p}": v[3] + act for (name, p), v in layers.items()})
+            for cand, t in times.items():
+                rows.append({"shape": f"{n}x{k}", "n": n, "k": k, "m": m, "candidate": cand,
+                             "planes": int(cand.split(" P")[-1]) if " P" in cand else None,
+                             "group_size": group if " P" in cand else None, "device": str(dev),
+                             "time_us": round(t * 1e6, 2), "bytes": sizes[cand], "gbps": round(sizes[cand] / t / 1e9, 2),
+                             "speedup_vs_fp32": round(times[base_names[torch.float32]] / t, 2),
+                             f"speedup_vs_{low_name}": round(times[base_names[low]] / t, 2)})
+            if log:
+                log(format_table(rows[-len(times):], header=len(rows) == len(times)))
+    machine["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for r in rows:
+        r.update(machine)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def format_table(rows: list[dict], header: bool = True) -> str:
+    """Markdown table of kernel rows (or decode rows: they carry `tokens_per_s`)."""
+    if rows and "tokens_per_s" in rows[0]:
+        cols = ["model", "tokens_per_s", "new_tokens", "speedup_vs_float"]
+    else:
+        low = next((c for c in (rows[0] if rows else {}) if c.startswith("speedup_vs_") and c != "speedup_vs_fp32"),
+                   "speedup_vs_bf16")
+        cols = ["shape", "m", "candidate", "time_us", "bytes", "gbps", "speedup_vs_fp32", low]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] if header else []
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def decode_tokens_per_s(model, tokenizer, prompt: str, new_tokens: int = 128) -> float:
+    """Greedy decode of exactly `new_tokens` tokens after a short warm-up; returns tokens per second."""
+    device = next(model.parameters(), next(model.buffers(), torch.empty(0))).device
+    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, **kwargs)  # prepares every layer's backend
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    generated = out.shape[-1] - inputs["input_ids"].shape[-1]
+    return generated / (time.perf_counter() - t)
+
+
+def run_decode_bench(packed_model, float_model, tokenizer, prompt: str = "The history of the city begins",
+                     new_tokens: int = 128, json_path=None) -> list[dict]:
+    """Tokens/s of the packed model vs its float model, same prompt and length."""
+    fp = decode_tokens_per_s(float_model, tokenizer, prompt, new_tokens)
+    pk = decode_tokens_per_s(packed_model, tokenizer, prompt, new_tokens)
+    rows = [{"model": "float", "tokens_per_s": round(fp, 2), "new_tokens": new_tokens, "speedup_vs_float": 1.0},
+            {"model": "packed", "tokens_per_s": round(pk, 2), "new_tokens": new_tokens,
+             "speedup_vs_float": round(pk / fp, 2)}]
+    for r in rows:
+        r.update(_machine(), prompt=prompt)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def load_decode_models(path: Path):
+    """(packed_model, float_model, tokenizer) for a packed checkpoint dir: wired by the checkpoint code."""
+    raise click.UsageError("end-to-end decode bench: loading packed checkpoints is not wired into `llmbin bench` yet")
+
+
+def _parse_shape(ctx, param, values):
+    try:
+        return [tuple(int(v) for v in s.lower().split("x")) for s in values] or None
+    except ValueError as exc:
+        raise click.BadParameter(f"shapes look like 4096x4096, got {values}") from exc
+
+
+@click.command("bench")
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--shape", "shapes", multiple=True, callback=_parse_shape, help="N x K, e.g. 4096x4096 (repeatable)")
+@click.option("--batch", "batches", multiple=True, type=int, help="batch M (repeatable); default 1 4 16 64")
+@click.option("--planes", multiple=True, type=int, default=(1, 2), show_default=True, help="bit planes (repeatable)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write rows as JSON")
+@click.option("--new-tokens", default=128, show_default=True, help="decode length for PATH")
+@click.option("--threads", type=int, help="torch CPU threads (default: torch's)")
+def bench_command(path, shapes, batches, planes, json_path, new_tokens, threads):
+    """Kernel speed table (and, given a packed checkpoint PATH, end-to-end decode tokens/s)."""
+    if threads:
+        torch.set_num_threads(threads)
+    rows = run_kernel_bench(shapes, list(batches) or None, planes, None, log=click.echo)
+    if path is not None:
+        packed, float_model, tokenizer = load_decode_models(path)
+        decode = run_decode_bench(packed, float_model, tokenizer, new_tokens=new_tokens)
+        click.echo(format_table(decode))
+        rows = rows + decode
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(rows, indent=1))

@@ -1,0 +1,191 @@
+"""`llmbin compare`: quantize one model with several methods, score all under one protocol, report.
+
+Every method gets the same calibration windows (dataset, nsamples, seqlen, seed override each recipe)
+and the same EvalSpec; the full-precision model is scored first as the reference. Quantization runs
+in this process through llmbin.api.quantize; its peak RSS is measured per method by resetting the
+kernel's high-water mark before each one (/proc/self/clear_refs), so methods run later are not charged
+for earlier ones. Results are rewritten after every model, so an interrupted run keeps what it finished
+(and --resume skips what is already there under the identical protocol).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import LlmbinError
+from ..recipe import Recipe
+from .report import write_report
+from .suite import EvalSpec, evaluate_ref, versions
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+def resolve_entries(labels: list[str], recipe_files: dict[str, str] | None = None,
+                    overrides: list[str] | None = None) -> list[tuple[str, Recipe]]:
+    """Each label -> (label, Recipe): its --recipes file, else a registered method's defaults, else a shipped recipe."""
+    from ..methods import METHODS
+
+    recipe_files = dict(recipe_files or {})
+    if len(set(labels)) != len(labels):
+        raise LlmbinError(f"--methods lists a name twice: {','.join(labels)}")
+    stray = sorted(set(recipe_files) - set(labels))
+    if stray:
+        raise LlmbinError(f"--recipes names {', '.join(stray)}, which --methods does not list")
+    entries = []
+    for label in labels:
+        if label in recipe_files:
+            recipe = Recipe.load(recipe_files[label])
+        elif label in METHODS:
+            recipe = Recipe.create(label)
+        elif label in shipped_recipes():
+            recipe = Recipe.load(label)
+        else:
+            raise LlmbinError(f"method {label!r} is not registered; available: {', '.join(sorted(METHODS))} "
+                              f"(or a shipped recipe: {', '.join(shipped_recipes())}; or --recipes {label}=FILE)")
+        entries.append((label, recipe))
+    by_label = dict(entries)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        label, dot, param = key.strip().partition(".")
+        if not sep or not dot or label not in by_label:
+            raise LlmbinError(f"--set takes METHOD.KEY=VALUE with METHOD one of {', '.join(labels)}, got {item!r}")
+        by_label[label].set(param, value.strip())
+    return entries
+
+
+class PeakRSS:
+    """Peak resident memory of this process since the last reset (Linux VmHWM; ru_maxrss elsewhere)."""
+
+    def __init__(self):
+        self.kind = "reset before each method (Linux VmHWM)"
+
+    def reset(self) -> None:
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the next peak starts low
+        except (OSError, AttributeError):
+            pass
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.kind = "over the process lifetime (ru_maxrss: no reset here, so later methods include earlier peaks)"
+
+    def read_mb(self) -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:") and self.kind.startswith("reset"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        from ..pipeline import peak_rss_mb
+
+        return peak_rss_mb()
+
+
+def reference_bits(device: str) -> dict:
+    """Bits per weight the unquantized model is scored at: llmbin loads float32 on CPU, bfloat16 on GPU."""
+    import torch
+
+    from ..models.loading import default_dtype
+
+    bits = 8 * torch.empty(0, dtype=default_dtype(device)).element_size()
+    return {"bpw_paper": bits, "bpw_all_in": bits}
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _previous(out_dir: Path, header: dict) -> dict | None:
+    path = out_dir / "results.json"
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    same = all(old.get(k) == header[k] for k in ("model", "calibration", "eval"))
+    return old if same else None
+
+
+def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: dict, spec: EvalSpec,
+                out_dir: str | Path, device: str = "cpu", keep_checkpoints: bool = False, resume: bool = False,
+                command: str = "", notes: list[str] | None = None, echo=print) -> dict:
+    from ..api import quantize
+    from ..inspect import inspect_checkpoint
+
+    if spec.tasks:  # unknown task names fail before anything is quantized
+        from ..integrations.lmeval import task_manager
+
+        task_manager(spec.tasks, spec.include_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for _, recipe in entries:
+        for key, value in calibration.items():
+            recipe.set(f"calibration.{key}", value)
+        recipe.set("pipeline.device", device)
+    peak = PeakRSS()
+    results = {"model": model_ref, "command": command, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "versions": versions(), "calibration": calibration, "eval": spec.describe(), "peak_rss_kind": peak.kind,
+               "notes": list(notes or []), "reference": None, "methods": []}
+    previous = _previous(out_dir, results) if resume else None
+    done = {m["label"]: m for m in (previous or {}).get("methods", []) if not m.get("error")}
+
+    if previous and previous.get("reference"):
+        results["reference"] = previous["reference"]
+        echo("reference: reused from the previous results.json")
+    else:
+        echo(f"reference: scoring {model_ref} at full precision")
+        results["reference"] = {"label": "full precision", "bits": reference_bits(device),
+                                **evaluate_ref(model_ref, spec, device)}
+    write_report(results, out_dir)
+
+    scratch = out_dir / "checkpoints" if keep_checkpoints else Path(tempfile.mkdtemp(prefix="llmbin-compare-"))
+    try:
+        for label, recipe in entries:
+            old = done.get(label)
+            if old and old.get("recipe") == recipe.to_dict():
+                echo(f"{label}: reused from the previous results.json")
+                results["methods"].append(old)
+                continue
+            record = {"label": label, "method": recipe.method, "recipe": recipe.to_dict(), "error": None}
+            checkpoint = scratch / label
+            try:
+                echo(f"{label}: quantizing ({recipe.method})")
+                peak.reset()
+                start = time.perf_counter()
+                qm = quantize(model_ref, recipe, out=checkpoint, overwrite=True, verbose=False)
+                record["quantize_seconds"] = round(time.perf_counter() - start, 1)
+                record["peak_rss_mb"] = round(peak.read_mb(), 1)
+                stats = getattr(qm, "stats", None) or qm.info  # where api.quantize keeps its own timing
+                record["api_quantize_seconds"] = stats.get("quantize_seconds")  # without packing and writing
+                del qm
+                gc.collect()
+                totals = inspect_checkpoint(checkpoint)["totals"]
+                record["bits"] = {"bpw_paper": totals["bpw_paper"], "bpw_all_in": totals["bpw_all_in"],
+                                  "quantized_bytes": totals["quantized_bytes"]}
+                echo(f"{label}: scoring the packed checkpoint")
+                start = time.perf_counter()
+                record.update(evaluate_ref(str(checkpoint), spec, device))
+                record["model"] = model_ref
+                record["eval_seconds"] = round(time.perf_counter() - start, 1)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001  (one failing method must not lose the others' results)
+                record["error"] = _error_line(exc)
+                echo(f"{label}: failed: {record['error']}")
+            finally:
+                if not keep_checkpoints:
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+            results["methods"].append(record)
+            write_report(results, out_dir)
+    finally:
+        if not keep_checkpoints:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return results

@@ -1,0 +1,129 @@
+"""`llmbin compare`: the report/plot writer on synthetic records, and a small end-to-end run on a tiny model."""
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from llmbin.cli import main
+from llmbin.eval.report import markdown, write_report
+
+
+def ppl(name, value):
+    return {"name": name, "protocol": "gptq", "seqlen": 512, "windows": 128, "ppl": value, "seconds": 1.0}
+
+
+def task(acc):
+    return {"tasks": {"two_choice": {"metrics": {"acc": {"value": acc, "stderr": 0.05}}, "version": 1.0,
+                                     "n_samples": 20, "n_total": 28, "num_fewshot": 0, "output_type": "multiple_choice",
+                                     "protocol": "lm-eval multiple_choice, 0-shot"}}}
+
+
+def method(label, paper, all_in, value, acc=0.6, **extra):
+    return {"label": label, "method": label.split("-")[0], "recipe": {"params": {"bits": 2}},
+            "bits": {"bpw_paper": paper, "bpw_all_in": all_in}, "quantize_seconds": 321.4, "peak_rss_mb": 1834.2,
+            "perplexity": [ppl("/data/eval_xsum.txt", value)], "zeroshot": task(acc), "error": None, **extra}
+
+
+def synthetic() -> dict:
+    """Close clusters on purpose (labels must still not collide), a collapsed, an infinite and a failed method."""
+    return {"model": "smollm2-135m", "command": "llmbin compare ...", "versions": {"llmbin": "0.1.0", "lm_eval": "0.4.13"},
+            "calibration": {"dataset": "calib.txt", "nsamples": 128, "seqlen": 512, "seed": 0},
+            "eval": {"protocol": "gptq", "seqlen": 512, "max_windows": 128, "limit": 20, "num_fewshot": None,
+                     "seeds": {"random_seed": 0}},
+            "notes": ["synthetic numbers"], "peak_rss_kind": "per method",
+            "reference": {"label": "full precision", "bits": {"bpw_paper": 32, "bpw_all_in": 32},
+                          "perplexity": [ppl("/data/eval_xsum.txt", 30.49)], "zeroshot": task(0.8)},
+            "methods": [method("rtn", 4, 4.25, 41.2), method("gptq", 4, 4.25, 33.9), method("gptq-3", 3, 3.25, 100.75),
+                        method("gptq-2", 2, 2.25, 186606.0), method("rtn-2", 2, 2.25, 4350138.0),
+                        method("pbllm", 1.7, 2.7, 1586.0), method("dbllm", 2, 2.5, 120.0),
+                        method("ptq161", 1.61, 1.62, 663.3), method("billm", 1.1, 2.3, math.inf),
+                        {"label": "broken", "method": "broken", "recipe": {}, "error": "RuntimeError: boom"}]}
+
+
+def test_report_and_plot_on_synthetic_records(tmp_path):
+    import matplotlib.image
+
+    paths = write_report(synthetic(), tmp_path)
+    report = paths["markdown"].read_text()
+    assert "| method | paper bits | all-in bits | ppl eval_xsum.txt | two_choice acc | quantize time | peak RSS (MB) |" in report
+    assert "| gptq-2 | 2 | 2.25 | 186,606 |" in report and "| ptq161 | 1.61 | 1.62 | 663.30 |" in report and "| gptq | 4 | 4.25 | 33.90 | 0.600 ± 0.050 | 5 min 21 s | 1834 |" in report
+    assert "| full precision | 32 | 32 | 30.49 | 0.800 ± 0.050 | - | - |" in report
+    assert "| broken | failed: RuntimeError: boom |" in report and "![perplexity vs all-in bits](ppl_vs_bits.png)" in report
+    assert json.loads(paths["json"].read_text())["methods"][0]["label"] == "rtn"
+    image = matplotlib.image.imread(paths["plot"])
+    assert image.shape[0] > 400 and image.shape[1] > 700
+
+
+def test_plot_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Every method gets exactly one label, inside the axes, overlapping no other label or marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from llmbin.eval import report
+
+    captured = {}
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: captured.setdefault("fig", fig))
+    report.plot_ppl_vs_bits(synthetic(), tmp_path / "p.png")
+    fig = captured["fig"]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [a for a in ax.texts if type(a).__name__ == "Annotation"]
+    ok = [m for m in synthetic()["methods"] if not m.get("error")]
+    assert sorted(a.get_text().split(":")[0] for a in labels) == sorted(m["label"] for m in ok)
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]  # the text alone, not its leader line
+    frame = ax.get_window_extent(renderer)
+    markers = [ax.transData.transform(xy) for c in ax.collections for xy in c.get_offsets()]
+    assert len(markers) == len(labels)
+    for i, a in enumerate(boxes):
+        assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1, labels[i].get_text()
+        assert not any(a.contains(*m) for m in markers), labels[i].get_text()
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (labels[i].get_text(), [t.get_text() for t in labels])
+    assert any("full precision: 30.49" == t.get_text() for t in ax.texts)
+    real_close(fig)
+
+
+def test_markdown_without_tasks():
+    results = synthetic()
+    for row in [results["reference"], *results["methods"]]:
+        row.pop("zeroshot", None)
+    assert "acc" not in markdown(results).split("\n\n")[2]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_unregistered_method_lists_available(tiny_llama_dir, text_file, tmp_path):
+    result = run("compare", tiny_llama_dir, "--methods", "rtn,nosuch", "--dataset", text_file, "--ppl", text_file,
+                 "-o", tmp_path / "c")
+    assert result.exit_code == 2
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "'nosuch' is not registered; available: " in error[0] and "gptq" in error[0]
+    assert not (tmp_path / "c").exists()
+
+
+def test_compare_tiny_model_end_to_end(tiny_llama_dir, text_file, tmp_path):
+    out = tmp_path / "c"
+    recipe = tmp_path / "gptq3.yaml"
+    recipe.write_text("method: gptq\nparams: {bits: 3, group_size: 32}\n")
+    args = ["compare", tiny_llama_dir, "--methods", "rtn,gptq3", "--recipes", f"gptq3={recipe}", "--set",
+            "rtn.group_size=32", "--dataset", text_file, "--nsamples", "4", "--seqlen", "32", "--ppl", text_file,
+            "--max-windows", "4", "-o", out]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    rows = {m["label"]: m for m in results["methods"]}
+    assert rows["gptq3"]["bits"]["bpw_paper"] == 3 and rows["rtn"]["recipe"]["params"]["group_size"] == 32
+    assert all(m["recipe"]["calibration"]["nsamples"] == 4 for m in rows.values())
+    assert all(m["peak_rss_mb"] > 0 and m["quantize_seconds"] > 0 and m["perplexity"][0]["ppl"] > 1 for m in rows.values())
+    assert results["reference"]["perplexity"][0]["windows"] == 4 and (out / "ppl_vs_bits.png").stat().st_size > 10000
+    assert "| gptq3 | 3 |" in (out / "report.md").read_text() and not (out / "checkpoints").exists()
+    result = run(*args, "--resume")  # everything reused: no quantization
+    assert result.exit_code == 0 and result.output.count("reused") == 3, result.output
