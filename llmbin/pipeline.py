@@ -152,13 +152,29 @@ def input_sharing_groups(layer: nn.Module, linears: dict[str, nn.Linear], batch)
 
 
 def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seqlen: int, dtype_bytes: int,
-                    hidden: int) -> dict:
+                    hidden: int, options) -> dict:
+    """Host bytes the run will hold: weights (all, or base + one layer when streaming), activations, statistics."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     layer_bytes = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
+    in_layers = sum(p.numel() * p.element_size() for p in layers.parameters())
     widest = max(max(p.shape) for layer in layers for p in layer.parameters() if p.dim() == 2)
     acts = 2 * nsamples * seqlen * hidden * dtype_bytes  # inputs + outputs of one layer
-    return {"model_bytes": params, "activation_bytes": acts, "layer_bytes": layer_bytes,
-            "hessian_bytes": 4 * widest * widest * 4}
+    weights = params - in_layers + layer_bytes if options.stream else params
+    stats = 4 * widest * widest * 4
+    host = weights + (0 if options.activation_cache == "disk" else acts) + stats
+    return {"weights": weights, "activations": acts, "layer": layer_bytes, "statistics": stats, "host": host}
+
+
+def check_budget(est: dict, options) -> None:
+    budget = options.memory_budget_mb * 2**20
+    if budget and est["host"] > budget:
+        hints = [h for h, on in (("--set pipeline.stream=true (keeps one decoder layer in memory)", not options.stream),
+                                 ("--set pipeline.activation_cache=disk", options.activation_cache != "disk"),
+                                 ("lower --nsamples or --seqlen", True)) if on]
+        from .errors import LlmbinError
+
+        raise LlmbinError(f"pre-flight estimate {_fmt_gb(est['host'])} of host memory exceeds pipeline.memory_budget_mb="
+                          f"{options.memory_budget_mb}; {' or '.join(hints)}")
 
 
 def _fmt_gb(n: int) -> str:
@@ -185,11 +201,12 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
     prefix, layers = decoder_layers(model)
     hidden_size = model.get_input_embeddings().weight.shape[1]
     dtype = next(model.parameters()).dtype
-    est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size)
-    log.note(f"pre-flight memory: model {_fmt_gb(est['model_bytes'])} host, activations "
-             f"{_fmt_gb(est['activation_bytes'])} {'disk' if options.activation_cache == 'disk' else 'host'} "
-             f"(lower with --nsamples/--seqlen or --set pipeline.activation_cache=disk), one layer "
-             f"{_fmt_gb(est['layer_bytes'])} + statistics {_fmt_gb(est['hessian_bytes'])} on {device}")
+    est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size, options)
+    log.note(f"pre-flight memory: {_fmt_gb(est['host'])} host = weights {_fmt_gb(est['weights'])}"
+             f"{' (streamed)' if options.stream else ' (lower: --set pipeline.stream=true)'} + activations "
+             f"{_fmt_gb(est['activations'])} {'on disk' if options.activation_cache == 'disk' else '(lower: --set pipeline.activation_cache=disk, --nsamples, --seqlen)'}"
+             f" + statistics {_fmt_gb(est['statistics'])}; on {device}: one layer {_fmt_gb(est['layer'])}")
+    check_budget(est, options)
     _move_outside_layers(model, layers, device)
     cache = ActivationCache(options.activation_cache)
     for batch in capture_layer0_inputs(model, layers, calib_ids.to(device), options.batch_size):

@@ -32,6 +32,7 @@ class PipelineOptions:
     device: str = "cpu"
     skip: list = field(default_factory=list)  # module-name substrings left in full precision
     stream: bool = False  # load decoder layers one at a time from safetensors (models larger than RAM)
+    memory_budget_mb: int = 0  # refuse before starting when the pre-flight host estimate exceeds it (0: no check)
 
     def __post_init__(self):
         if self.activation_cache not in ("cpu", "disk"):

@@ -84,3 +84,15 @@ def test_streamed_quantization_equals_in_memory(six_layer_dir, text_file, tmp_pa
     assert tensors(streamed) == tensors(whole)  # config.json differs only by the recipe's pipeline.stream
     model, _ = llmbin.load(streamed)
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_memory_budget_refuses_whole_model_and_admits_streaming(six_layer_dir, text_file, tmp_path):
+    # six layers of ~1.1 MB next to 38 MB of embeddings: whole ~47 MB, streamed ~42 MB of host estimate
+    cal = {"dataset": str(text_file), "nsamples": 8, "seqlen": 64}
+    whole = Recipe.create("gptq", {"bits": 3}, calibration=cal, pipeline={"memory_budget_mb": 45})
+    with pytest.raises(LlmbinError, match="exceeds pipeline.memory_budget_mb=45; --set pipeline.stream=true"):
+        llmbin.quantize(str(six_layer_dir), whole, out=tmp_path / "whole", verbose=False)
+    assert not (tmp_path / "whole").exists() and not (tmp_path / ".whole.partial").exists()
+    streamed = Recipe.create("gptq", {"bits": 3}, calibration=cal, pipeline={"memory_budget_mb": 45, "stream": True})
+    llmbin.quantize(str(six_layer_dir), streamed, out=tmp_path / "streamed", verbose=False)
+    assert (tmp_path / "streamed" / "config.json").exists()
