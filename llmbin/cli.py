@@ -43,7 +43,8 @@ def write_json(path: str | None, data) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="llmbin")
-def main():
+@click.option("--offline", is_flag=True, help="Never reach the Hugging Face hub; fail fast naming what is missing.")
+def main(offline):
     """llmbin: compress Hugging Face causal LMs to 1-2 bits per weight, store them packed, score and run them.
 
     \b
@@ -51,6 +52,14 @@ def main():
     llmbin eval smol-1.61bit --ppl eval.txt
     llmbin inspect smol-1.61bit
     """
+    if offline:
+        import os
+
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ[var] = "1"
+        import huggingface_hub.constants  # read its environment at import: set the flag it already holds
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 @main.command()

@@ -23,6 +23,7 @@ from . import kernels as K
 
 GEMV_MAX_M = 4
 LARGE_M = 512
+POISON = False  # tests: outputs not zeroed for atomics start as NaN
 _large_m_choice: dict = {}
 
 
@@ -39,11 +40,18 @@ def _split(n_programs: int, n_tiles: int, device: torch.device) -> tuple[int, in
     return -(-n_tiles // per), per
 
 
+def _out(m: int, n: int, device, accumulate: bool) -> torch.Tensor:
+    """Output buffer: zeros for split-K atomics, else uninitialized (NaN when POISON, for tests)."""
+    if accumulate:
+        return torch.zeros((m, n), dtype=torch.float32, device=device)
+    return torch.full((m, n), float("nan"), device=device) if POISON else torch.empty((m, n), device=device)
+
+
 def _gemv(x, words, scales, offsets, wpg, tf32):
     m, (p, n, kw) = x.shape[0], words.shape
     bw, block_n = 4, 32
     splits, per = _split(triton.cdiv(n, block_n), triton.cdiv(kw, bw), x.device)
-    y = (torch.zeros if splits > 1 else torch.empty)((m, n), dtype=torch.float32, device=x.device)
+    y = _out(m, n, x.device, splits > 1)
     K.bitplane_gemv_kernel[(triton.cdiv(n, block_n), splits)](
         x, words, scales, offsets if offsets is not None else scales, y, m, n, kw, wpg, x.stride(0), per,
         P=p, HAS_OFFSETS=offsets is not None, BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_W=bw,
@@ -53,11 +61,13 @@ def _gemv(x, words, scales, offsets, wpg, tf32):
 
 def _gemm(x, words, scales, offsets, wpg, tf32):
     m, (p, n, kw) = x.shape[0], words.shape
-    bw, block_n = 2, 64
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    # IEEE fp32 dots are FMA loops: smaller tiles keep them within registers (see aot.py)
+    bw, block_m, block_n = 1, 16 if m <= 16 else 32 if m <= 32 else 64, 64
+    if x.dtype == torch.float32 and not tf32:
+        block_m, block_n = 16, 32
     grid_mn = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     splits, per = _split(grid_mn, triton.cdiv(kw, bw), x.device)
-    y = (torch.zeros if splits > 1 else torch.empty)((m, n), dtype=torch.float32, device=x.device)
+    y = _out(m, n, x.device, splits > 1)
     K.bitplane_gemm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n), splits)](
         x, words, scales, offsets if offsets is not None else scales, y, m, n, kw, wpg, x.stride(0), per,
         P=p, HAS_OFFSETS=offsets is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=bw, USE_ATOMIC=splits > 1,
@@ -68,8 +78,10 @@ def _gemm(x, words, scales, offsets, wpg, tf32):
 def dequantize_segment(words, scales, offsets, wpg, dtype) -> torch.Tensor:
     """Dense W^T [KW*32, N] of one segment, decoded by the same tile code as the GEMM."""
     p, n, kw = words.shape
-    bw, block_n = 2, 64
+    bw, block_n = 1, 64
     out = torch.empty((kw * 32, n), dtype=dtype, device=words.device)
+    if POISON:
+        out.fill_(float("nan"))
     K.bitplane_dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(kw, bw))](
         words, scales, offsets if offsets is not None else scales, out, n, kw, wpg, P=p,
         HAS_OFFSETS=offsets is not None, BLOCK_N=block_n, BLOCK_W=bw, num_warps=4)

@@ -23,13 +23,13 @@ CONFIGS = [
     ("bitplane_gemv_kernel", {**MATMUL, "x_ptr": "*fp32"},
      dict(P=2, HAS_OFFSETS=True, BLOCK_M=1, BLOCK_N=32, BLOCK_W=4, USE_ATOMIC=False)),
     ("bitplane_gemm_kernel", {**MATMUL, "x_ptr": "*fp16"},
-     dict(P=4, HAS_OFFSETS=True, BLOCK_M=64, BLOCK_N=64, BLOCK_W=2, USE_ATOMIC=True, PRECISION="tf32")),
+     dict(P=4, HAS_OFFSETS=True, BLOCK_M=64, BLOCK_N=64, BLOCK_W=1, USE_ATOMIC=True, PRECISION="ieee")),
     ("bitplane_gemm_kernel", {**MATMUL, "x_ptr": "*fp32"},
-     dict(P=2, HAS_OFFSETS=True, BLOCK_M=64, BLOCK_N=64, BLOCK_W=2, USE_ATOMIC=True, PRECISION="tf32")),
+     dict(P=4, HAS_OFFSETS=True, BLOCK_M=64, BLOCK_N=64, BLOCK_W=1, USE_ATOMIC=True, PRECISION="tf32")),
     ("bitplane_gemm_kernel", {**MATMUL, "x_ptr": "*fp32"},
-     dict(P=2, HAS_OFFSETS=True, BLOCK_M=16, BLOCK_N=64, BLOCK_W=2, USE_ATOMIC=False, PRECISION="ieee")),
+     dict(P=4, HAS_OFFSETS=True, BLOCK_M=16, BLOCK_N=32, BLOCK_W=1, USE_ATOMIC=True, PRECISION="ieee")),
     ("bitplane_dequant_kernel", {**COMMON, "out_ptr": "*bf16"},
-     dict(P=4, HAS_OFFSETS=True, BLOCK_N=64, BLOCK_W=2)),
+     dict(P=4, HAS_OFFSETS=True, BLOCK_N=64, BLOCK_W=1)),
 ]
 
 

@@ -1,0 +1,43 @@
+"""Helpers shared by the kernel tests: the case grid of KERNELS.md and the reference check."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from llmbin.bench import random_bitplane
+
+NS, KS, MS = (1, 7, 64, 257), (32, 128, 544), (1, 2, 3, 16, 33)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
+# what a method's layer looks like: plain binarization, PTQ1.61, PB-LLM, DB-LLM-like (no offsets)
+KINDS = ("plain", "ptq161", "pbllm", "nooffsets")
+
+
+def make_format(n: int, k: int, group, planes: int, kind: str, seed: int = 0):
+    g = k if group == "K" else group
+    kw = {"plain": {}, "ptq161": dict(in_scale=True, out_scale=True, perm=True, k_salient=max(1, k // 5)),
+          "pbllm": dict(sparse=0.1), "nooffsets": dict(offsets=False, out_scale=True)}[kind]
+    return random_bitplane(n, k, planes, g, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def full_grid():
+    """Every (N, K, G, P) of the spec, each with a method kind rotating through KINDS."""
+    grid = itertools.product(NS, KS, (32, 128, "K"), (1, 2))
+    return [(n, k, g, p, KINDS[i % len(KINDS)]) for i, (n, k, g, p) in enumerate(grid)]
+
+
+def case_id(case) -> str:
+    n, k, g, p, kind = case
+    return f"N{n}-K{k}-G{g}-P{p}-{kind}"
+
+
+def reference(fmt, x: torch.Tensor) -> torch.Tensor:
+    """fp32 math on the same packed weights and the same (dtype-rounded) inputs, rounded to x.dtype."""
+    return (x.float() @ fmt.dequantize(torch.float32).T).to(x.dtype)
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    assert y.shape == ref.shape and y.dtype == ref.dtype, (y.shape, ref.shape, y.dtype, ref.dtype)
+    assert torch.isfinite(y).all(), "non-finite outputs (unwritten poisoned values?)"
+    return ((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()

@@ -1,0 +1,110 @@
+"""The native CPU LUT kernel against fp32 math on the same packed weights (KERNELS.md tests)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from llmbin.kernels import select_backend
+from llmbin.kernels import cpu
+from llmbin.nn import QuantLinear
+
+from conftest_kernels import DTYPES, MS, TOL, case_id, full_grid, make_format, reference, rel_err
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the cpu backend falls back to torch")
+
+
+@pytest.fixture(scope="module")
+def isas():
+    ext = cpu.load_extension()  # the one-time build (cached across sessions)
+    assert ext is not None, cpu.build_error()
+    return [name for name, code in cpu.ISAS.items() if 0 < code <= ext.best_isa()]
+
+
+@pytest.mark.parametrize("case", full_grid(), ids=case_id)
+def test_matches_reference(case, isas):
+    n, k, g, p, kind = case
+    fmt = make_format(n, k, g, p, kind)
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    for m in MS:
+        for dtype in DTYPES:
+            x = torch.randn(m, k).to(dtype)  # fresh inputs every run
+            ref = reference(fmt, x)
+            for isa in isas:
+                err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref)
+                assert err <= TOL[dtype], f"{isa} M={m} {dtype}: rel err {err:.2e}"
+
+
+def test_quantlinear_selects_cpu_and_matches_torch_backend(isas, monkeypatch):
+    fmt = make_format(96, 160, 64, 2, "ptq161")
+    bias = torch.randn(96)
+    module = QuantLinear.from_format(fmt, bias)
+    assert module.backend(torch.float32).name == "cpu"
+    x = torch.randn(2, 5, 160)
+    y = module(x)
+    monkeypatch.setenv("LLMBIN_BACKEND", "torch")
+    ref = QuantLinear.from_format(fmt, bias)(x)
+    assert y.shape == (2, 5, 96)
+    assert rel_err(y, ref) <= 1e-5
+    xt = torch.randn(160, 4).T  # non-contiguous activations
+    monkeypatch.delenv("LLMBIN_BACKEND")
+    assert rel_err(module(xt), xt @ fmt.dequantize().T + bias) <= 1e-5
+
+
+def test_token_chunks_and_every_isa_agree(isas):
+    fmt = make_format(40, 4096, 128, 1, "pbllm")  # tables of 300 tokens exceed one 8 MB chunk
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    x = torch.randn(300, 4096)
+    ref = reference(fmt, x)
+    for isa in isas:
+        assert rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref) <= 1e-5
+
+
+def test_rejects_what_it_cannot_run(isas):
+    backend = cpu.CpuBackend()
+    meta = make_format(8, 64, 32, 1, "plain").meta()
+    assert backend.supports(meta, torch.device("cpu"), torch.float32) is None
+    assert "CPU" in backend.supports(meta, torch.device("cuda"), torch.float32)
+    assert "bitplane" in backend.supports({**meta, "format": "uniform"}, torch.device("cpu"), torch.float32)
+    assert "float64" in backend.supports(meta, torch.device("cpu"), torch.float64)
+    assert "planes" in backend.supports({**meta, "num_planes": 5}, torch.device("cpu"), torch.float32)
+
+
+def test_isa_override(isas, monkeypatch):
+    module = QuantLinear.from_format(make_format(8, 64, 32, 1, "plain"))
+    monkeypatch.setenv("LLMBIN_CPU_ISA", "scalar")
+    assert cpu.prepare_state(module).isa == cpu.ISAS["scalar"]
+    monkeypatch.setenv("LLMBIN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="LLMBIN_CPU_ISA"):
+        cpu.prepare_state(module)
+
+
+def test_build_failure_warns_once_and_falls_back_to_torch(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Error building extension: no usable compiler")
+
+    monkeypatch.setattr(cpu, "_ext", None)
+    monkeypatch.setattr(cpu, "_error", None)
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    meta = make_format(8, 64, 32, 1, "plain").meta()
+    with pytest.warns(RuntimeWarning, match="torch backend"):
+        reason = cpu.CpuBackend().supports(meta, torch.device("cpu"), torch.float32)
+    assert "no usable compiler" in reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning is one-time
+        explain = []
+        assert select_backend(meta, torch.device("cpu"), torch.float32, explain).name == "torch"
+    assert any(line.startswith("cpu: ") and "no usable compiler" in line for line in explain)
+
+
+def test_import_does_not_build():
+    code = ("import llmbin, llmbin.nn, llmbin.kernels, llmbin.kernels.cpu as c, sys; "
+            "assert c._ext is None and c._error is None; assert 'llmbin_cpu_lut' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
