@@ -130,7 +130,8 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
                 rows.append({"shape": f"{n}x{k}", "n": n, "k": k, "m": m, "candidate": cand,
                              "planes": int(cand.split(" P")[-1]) if " P" in cand else None,
                              "group_size": group if " P" in cand else None, "device": str(dev),
-                             "time_us": round(t * 1e6, 2), "bytes": sizes[cand], "gbps": round(sizes[cand] / t / 1e9, 2),
+                             "time_us": round(t * 1e6, 2), "bytes": sizes[cand],
+                             "gbps": round(sizes[cand] / t / 1e9, 2),
                              "speedup_vs_fp32": round(times[base_names[torch.float32]] / t, 2),
                              f"speedup_vs_{low_name}": round(times[base_names[low]] / t, 2)})
             if log:

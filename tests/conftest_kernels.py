@@ -32,9 +32,10 @@ def case_id(case) -> str:
     return f"N{n}-K{k}-G{g}-P{p}-{kind}"
 
 
-def reference(fmt, x: torch.Tensor) -> torch.Tensor:
-    """fp32 math on the same packed weights and the same (dtype-rounded) inputs, rounded to x.dtype."""
-    return (x.float() @ fmt.dequantize(torch.float32).T).to(x.dtype)
+def reference(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """fp32 math with the packed weights' dense form `w` (fmt.dequantize()) on the same (dtype-rounded)
+    inputs, rounded to x.dtype: what an exact kernel returns."""
+    return (x.float() @ w.T).to(x.dtype)
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:

@@ -35,6 +35,9 @@ def test_initial_levels_are_symmetric_two_bit_grid():
     assert torch.equal(a1, a1.half().float()) and torch.equal(a2, a2.half().float())
     levels = four_levels(a1, a2).sort(1).values
     assert torch.equal(levels, torch.stack([-s, torch.zeros_like(s), s, 2 * s], 1))
+    m1, m2 = init_scales(w, mirror=True)  # llmbin option: the 2s level goes to the side of the largest |w|
+    flip = -w.amin(1) > w.amax(1)
+    assert flip.any() and (~flip).any() and torch.equal(m1, torch.where(flip, -a1, a1)) and torch.equal(m2, torch.where(flip, -a2, a2))
 
 
 @pytest.mark.parametrize("scales", ["init", "random"])

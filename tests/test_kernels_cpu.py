@@ -30,11 +30,11 @@ def isas():
 def test_matches_reference(case, isas):
     n, k, g, p, kind = case
     fmt = make_format(n, k, g, p, kind)
-    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
     for m in MS:
         for dtype in DTYPES:
             x = torch.randn(m, k).to(dtype)  # fresh inputs every run
-            ref = reference(fmt, x)
+            ref = reference(w, x)
             for isa in isas:
                 err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref)
                 assert err <= TOL[dtype], f"{isa} M={m} {dtype}: rel err {err:.2e}"
@@ -60,7 +60,7 @@ def test_token_chunks_and_every_isa_agree(isas):
     fmt = make_format(40, 4096, 128, 1, "pbllm")  # tables of 300 tokens exceed one 8 MB chunk
     state = cpu.prepare_state(QuantLinear.from_format(fmt))
     x = torch.randn(300, 4096)
-    ref = reference(fmt, x)
+    ref = reference(fmt.dequantize(), x)
     for isa in isas:
         assert rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref) <= 1e-5
 

@@ -54,14 +54,14 @@ def test_initial_representation_follows_the_equations():
 def test_packed_format_reproduces_trained_layer():
     w, mask, sb, g = random_structured()
     bias = torch.randn(w.shape[0], generator=g)
-    module = StructuredBinaryLinear(sb, bias, ChannelGather(sb.perm), torch.float32)
+    module = StructuredBinaryLinear(sb, bias, ChannelGather(sb.perm, torch.float32))
     with torch.no_grad():  # stand-in for training: move every learnable scale
         for p in (module.alpha, module.r1, module.r2):
             p.mul_(1 + 0.3 * torch.randn(p.shape, generator=g))
     trained = module.export().rounded()
     fmt = trained.to_format()
     packed = BitPlaneFormat.from_tensors(fmt.meta(), fmt.tensors())  # through the on-disk tensors
-    fq = StructuredBinaryLinear(trained, bias, ChannelGather(sb.perm), torch.float32)
+    fq = StructuredBinaryLinear(trained, bias, ChannelGather(sb.perm, torch.float32))
     x = torch.randn(7, w.shape[1], generator=g)
     with torch.no_grad():
         y = fq(x)

@@ -32,8 +32,9 @@ PAPER_BITS = 2.0
 @dataclass
 class DBLLMParams:
     group_size: int = 64
-    refit_iters: int = 3  # least-squares refit + re-assign rounds per group
+    refit_iters: int = 5  # least-squares refit + re-assign rounds per group (each kept only if it helps)
     hessian_weighted: bool = True  # weight the refit's columns by diag(H) (damped)
+    mirror_init: bool = False  # llmbin option: start rows whose largest |w| is negative from {-2s, -s, 0, s}
     blocksize: int = 128
     percdamp: float = 0.01
     act_order: bool = False
@@ -56,7 +57,7 @@ class DBLLM(QuantMethod):
 
     def _quantizer(self, weight, col_weights=None) -> DualBinaryColumnQuantizer:
         p = self.params
-        return DualBinaryColumnQuantizer(*weight.shape, p.group_size, p.refit_iters, col_weights)
+        return DualBinaryColumnQuantizer(*weight.shape, p.group_size, p.refit_iters, col_weights, p.mirror_init)
 
     def quantize_linear(self, name, weight, stats, generator) -> QuantResult:
         p = self.params
@@ -103,7 +104,8 @@ class DBLLM(QuantMethod):
         lines = [
             f"DB-LLM flexible dual binarization: per row and group of {p.group_size} input columns, "
             "w = a1*b1 + a2*b2 with two {0,1} bit planes and two float16 scales (initial levels {-s, 0, s, 2s}, "
-            f"s = max|w|/2; {p.refit_iters} least-squares refit rounds"
+            f"s = max|w|/2{', mirrored for rows whose largest |w| is negative' if p.mirror_init else ''}; "
+            f"up to {p.refit_iters} least-squares refit rounds"
             f"{', diag(H)-weighted' if p.hessian_weighted else ''}), inside the GPTQ column loop "
             "(Hessian-guided error feedback). 2 bits per weight (paper), 2.5 all-in at group 64.",
         ]

@@ -27,6 +27,9 @@ from .solvers.block_training import ChannelGather, StructuredBinaryLinear, Train
 from .solvers.structured_mask import StructuredBinary, salient_channel_mask
 
 
+LOSS_WINDOWS = 16  # the block loss logged before/after training is measured on the first 16 windows
+
+
 @dataclass
 class LoRAPreprocess:
     """The paper's "quantization preprocessing": quantize, train a LoRA with a causal-LM loss, merge, quantize again."""
@@ -79,18 +82,18 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and amx() else torch.float32
 
 
-def fit_call(obj, batch: int, windows: int, dtype: torch.dtype):
-    """A layer call's extra arguments for `windows` windows instead of `batch`, floating tensors in `dtype`."""
+def fit_call(obj, batch: int, windows: int):
+    """A layer call's extra arguments for `windows` windows instead of `batch`, floating tensors in float32."""
     if isinstance(obj, torch.Tensor):
         if obj.dim() and obj.shape[0] == batch != windows:
             if windows > batch:
                 raise LlmbinError(f"ptq161 batch_size {windows} is above pipeline.batch_size {batch}")
             obj = obj[:windows]
-        return obj.to(dtype) if obj.is_floating_point() else obj
+        return obj.float() if obj.is_floating_point() else obj
     if isinstance(obj, (tuple, list)):
-        return type(obj)(fit_call(o, batch, windows, dtype) for o in obj)
+        return type(obj)(fit_call(o, batch, windows) for o in obj)
     if isinstance(obj, dict):
-        return {k: fit_call(v, batch, windows, dtype) for k, v in obj.items()}
+        return {k: fit_call(v, batch, windows) for k, v in obj.items()}
     return obj
 
 
@@ -135,7 +138,7 @@ class PTQ161(QuantMethod):
         self._fp_chain = y_fp
         if not ctx.linears:
             return
-        x_q = torch.cat([h for h, _, _ in batches]).to(dtype)
+        x_q = torch.cat([h for h, _, _ in batches]).float()
         del batches
         _, args, kwargs = next(iter(ctx.batches()))
         qlayer, modules = self._quantized_copy(ctx, stats, dtype)
@@ -143,14 +146,15 @@ class PTQ161(QuantMethod):
 
         def run(x):
             if len(x) not in calls:
-                calls[len(x)] = (fit_call(args, sizes[0], len(x), dtype), fit_call(kwargs, sizes[0], len(x), dtype))
+                calls[len(x)] = (fit_call(args, sizes[0], len(x)), fit_call(kwargs, sizes[0], len(x)))
             a, k = calls[len(x)]
             return layer_output(qlayer(x, *a, **k))
 
-        loss_before = evaluate_block(run, x_q, y_fp, y_fq, sizes[0])
+        probe = slice(0, LOSS_WINDOWS)
+        loss_before = evaluate_block(run, x_q[probe], y_fp[probe], y_fq[probe], sizes[0])
         cfg = TrainConfig(p.epochs, p.lr_alpha, p.lr_rowcol, p.batch_size, p.lr_schedule, p.shuffle)
         history = train_block(run, x_q, y_fp, y_fq, list(modules.values()), cfg, ctx.generator) if p.epochs else []
-        loss_after = evaluate_block(run, x_q, y_fp, y_fq, sizes[0])
+        loss_after = evaluate_block(run, x_q[probe], y_fp[probe], y_fq[probe], sizes[0])
         for m in modules.values():
             m.gather.clear()
         for name, module in modules.items():
@@ -192,9 +196,9 @@ class PTQ161(QuantMethod):
             return torch.cat([ctx.forward(x, a, k).float() for x, (_, a, k) in zip(inputs, batches)])
 
     def _quantized_copy(self, ctx, stats, dtype):
-        """The layer in the compute dtype with every calibrated linear replaced by a StructuredBinaryLinear."""
+        """A float32 copy of the layer with every calibrated linear replaced by a StructuredBinaryLinear."""
         p = self.params
-        qlayer = copy.deepcopy(ctx.layer).to(dtype)
+        qlayer = copy.deepcopy(ctx.layer).float()
         qlayer.requires_grad_(False)
         modules = {}
         for group in ctx.groups:
@@ -207,8 +211,8 @@ class PTQ161(QuantMethod):
             for name in names:
                 linear = ctx.linears[name]
                 sb = StructuredBinary.init(linear.weight.data, mask, p.alpha_init)
-                gather = gather or ChannelGather(sb.perm.to(ctx.device))
-                modules[name] = StructuredBinaryLinear(sb, linear.bias, gather, dtype, p.train_mu)
+                gather = gather or ChannelGather(sb.perm.to(ctx.device), dtype)
+                modules[name] = StructuredBinaryLinear(sb, linear.bias, gather, p.train_mu)
                 set_submodule(qlayer, name, modules[name])
         return qlayer, modules
 

@@ -85,7 +85,8 @@ __attribute__((target("avx512f"))) void seg_avx512(const Seg& s, const Job& j, i
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) yacc[r][t] = j.first ? _mm512_setzero_ps() : _mm512_loadu_ps(y0 + t * ystride + r * L);
+      for (int t = 0; t < T; ++t)
+        yacc[r][t] = j.first ? _mm512_setzero_ps() : _mm512_loadu_ps(y0 + t * ystride + r * L);
   }
   for (int64_t g = 0; g < s.ng; ++g) {
     __m512 acc[A][RB][P][T];
@@ -168,7 +169,8 @@ __attribute__((target("avx2,fma"))) void seg_avx2(const Seg& s, const Job& j, in
           const __m256 lo = _mm256_loadu_ps(tb + q * L), hi = _mm256_loadu_ps(tb + q * L + 8);
           for (int p = 0; p < P; ++p) {
             const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(wv[p], 28));
-            const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, wv[p]), _mm256_permutevar8x32_ps(hi, wv[p]), sel);
+            const __m256 v =
+                _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, wv[p]), _mm256_permutevar8x32_ps(hi, wv[p]), sel);
             acc[p][q & 1] = _mm256_add_ps(acc[p][q & 1], v);
             wv[p] = _mm256_srli_epi32(wv[p], 4);
           }
@@ -355,7 +357,8 @@ struct Plan {
       const bool off = offsets[i].numel() > 0;
       TORCH_CHECK(!off || (offsets[i].is_contiguous() && offsets[i].scalar_type() == at::kFloat &&
                            offsets[i].numel() == NB * ng * L), "bad offsets for segment ", i);
-      segs.push_back(Seg{w.data_ptr<int32_t>(), scales[i].data_ptr<float>(), off ? offsets[i].data_ptr<float>() : nullptr,
+      segs.push_back(Seg{w.data_ptr<int32_t>(), scales[i].data_ptr<float>(),
+                         off ? offsets[i].data_ptr<float>() : nullptr,
                          ng, wpg, w.size(2), word0, NG});
       word0 += ng * wpg;
       NG += ng;
@@ -363,14 +366,16 @@ struct Plan {
     }
     TORCH_CHECK(word0 == KX, "segments do not cover the gather index");
     if (sp_values.numel() > 0)
-      TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt && sp_values.scalar_type() == at::kHalf &&
+      TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt &&
+                  sp_values.scalar_type() == at::kHalf &&
                   (sp_colidx.scalar_type() == at::kShort || sp_colidx.scalar_type() == at::kInt) &&
                   sp_colidx.numel() == sp_values.numel());
   }
 
   // poison: fill the output and workspace with NaN first (tests: every value used must be written)
   at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const {
-    TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
+    TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K,
+                "expected CPU activations [..., ", K, "]");
     if (isa == kAuto) isa = best_isa();
     TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
     const at::Tensor x = x_in.reshape({-1, K}).to(at::kFloat).contiguous();

@@ -11,6 +11,7 @@ Importing this module raises ImportError when triton is missing.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -151,8 +152,10 @@ def prepare_state(module, device: torch.device | None = None) -> TritonState:
     sparse = None
     if lay.sparse is not None:
         values, cols, rowptr = lay.sparse
-        sparse = torch.sparse_csr_tensor(rowptr.long(), cols.long(), values.float(), (lay.out_features, k),
-                                         check_invariants=False).to(device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            sparse = torch.sparse_csr_tensor(rowptr.long(), cols.long(), values.float(), (lay.out_features, k),
+                                             check_invariants=False).to(device)
     return TritonState(segs, src, gscale, sparse, lay.out_features)
 
 

@@ -20,10 +20,18 @@ def fp16(x: torch.Tensor) -> torch.Tensor:
     return x.half().float()
 
 
-def init_scales(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, G] -> (a1, a2) [N] float16-representable: a1 = 2s, a2 = -s, s = max|w| / 2."""
+def init_scales(w: torch.Tensor, mirror: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, G] -> (a1, a2) [N] float16-representable: a1 = 2s, a2 = -s, s = max|w| / 2.
+
+    With `mirror` (an llmbin option, not in the spec), a row whose largest-magnitude weight is negative
+    starts from a1 = -2s, a2 = s instead (levels {-2s, -s, 0, s}), so the lone 2s level is not wasted.
+    """
     s = fp16(w.abs().amax(dim=1) / 2)
-    return 2 * s, -s  # exact in float16 too (a power-of-two multiple)
+    a1, a2 = 2 * s, -s  # exact in float16 too (a power-of-two multiple)
+    if mirror:
+        flip = -w.amin(dim=1) > w.amax(dim=1)
+        a1, a2 = torch.where(flip, -a1, a1), torch.where(flip, -a2, a2)
+    return a1, a2
 
 
 def levels_of(b1: torch.Tensor, b2: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
@@ -76,10 +84,10 @@ def refit_scales(w, b1, b2, a1, a2, col_weights=None) -> tuple[torch.Tensor, tor
     return fp16(new1.float()), fp16(new2.float())
 
 
-def fit_dual(w: torch.Tensor, refit_iters: int = 3, col_weights: torch.Tensor | None = None):
+def fit_dual(w: torch.Tensor, refit_iters: int = 3, col_weights: torch.Tensor | None = None, mirror: bool = False):
     """w [N, G] -> (a1, a2) [N]: init, then up to `refit_iters` guarded refit + re-assign rounds."""
     w = w.float()
-    a1, a2 = init_scales(w)
+    a1, a2 = init_scales(w, mirror)
     code, values = assign_codes(w, *sorted_levels(a1, a2))
     err = _sq_error(w - values, col_weights)
     for _ in range(refit_iters):
@@ -98,9 +106,10 @@ class DualBinaryColumnQuantizer:
     """ColumnQuantizer for gptq_quantize: scales fitted per group at its first column, codes per column."""
 
     def __init__(self, out_features: int, in_features: int, group_size: int = 64, refit_iters: int = 3,
-                 col_weights: torch.Tensor | None = None):
+                 col_weights: torch.Tensor | None = None, mirror_init: bool = False):
         self.group_size = in_features if group_size <= 0 else group_size
         self.in_features, self.refit_iters, self.col_weights = in_features, refit_iters, col_weights
+        self.mirror_init = mirror_init
         ng = -(-in_features // self.group_size)
         self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8)  # 2*b1 + b2
         self.scales = torch.zeros(2, out_features, ng)
@@ -109,7 +118,7 @@ class DualBinaryColumnQuantizer:
     def start_group(self, col: int, w_group: torch.Tensor) -> None:
         g = col // self.group_size
         cw = None if self.col_weights is None else self.col_weights[col:col + w_group.shape[1]]
-        a1, a2 = fit_dual(w_group, self.refit_iters, cw)
+        a1, a2 = fit_dual(w_group, self.refit_iters, cw, self.mirror_init)
         self.scales[0, :, g], self.scales[1, :, g] = a1, a2
         self.tables[g] = sorted_levels(a1, a2)
 
