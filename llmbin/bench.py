@@ -76,6 +76,10 @@ def _cuda_times(fns: dict) -> dict:
     return {name: do_bench(fn, return_mode="median") * 1e-3 for name, fn in fns.items()}
 
 
+def _sig(v: float, digits: int = 3) -> float:
+    return float(f"{v:.{digits}g}")
+
+
 def _packed_bytes(fmt: BitPlaneFormat) -> int:
     return sum(t.numel() * t.element_size() for t in fmt.tensors().values())
 
@@ -130,10 +134,9 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
                 rows.append({"shape": f"{n}x{k}", "n": n, "k": k, "m": m, "candidate": cand,
                              "planes": int(cand.split(" P")[-1]) if " P" in cand else None,
                              "group_size": group if " P" in cand else None, "device": str(dev),
-                             "time_us": round(t * 1e6, 2), "bytes": sizes[cand],
-                             "gbps": round(sizes[cand] / t / 1e9, 2),
-                             "speedup_vs_fp32": round(times[base_names[torch.float32]] / t, 2),
-                             f"speedup_vs_{low_name}": round(times[base_names[low]] / t, 2)})
+                             "time_us": _sig(t * 1e6), "bytes": sizes[cand], "gbps": _sig(sizes[cand] / t / 1e9),
+                             "speedup_vs_fp32": _sig(times[base_names[torch.float32]] / t),
+                             f"speedup_vs_{low_name}": _sig(times[base_names[low]] / t)})
             if log:
                 log(format_table(rows[-len(times):], header=len(rows) == len(times)))
     machine["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -210,11 +213,12 @@ def _parse_shape(ctx, param, values):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write rows as JSON")
 @click.option("--new-tokens", default=128, show_default=True, help="decode length for PATH")
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's)")
-def bench_command(path, shapes, batches, planes, json_path, new_tokens, threads):
+@click.option("--budget", default=2.0, show_default=True, help="seconds of timing per shape and batch")
+def bench_command(path, shapes, batches, planes, json_path, new_tokens, threads, budget):
     """Kernel speed table (and, given a packed checkpoint PATH, end-to-end decode tokens/s)."""
     if threads:
         torch.set_num_threads(threads)
-    rows = run_kernel_bench(shapes, list(batches) or None, planes, None, log=click.echo)
+    rows = run_kernel_bench(shapes, list(batches) or None, planes, None, budget_s=budget, log=click.echo)
     if path is not None:
         packed, float_model, tokenizer = load_decode_models(path)
         decode = run_decode_bench(packed, float_model, tokenizer, new_tokens=new_tokens)

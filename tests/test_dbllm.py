@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_llama
 from llmbin.formats import BitPlaneFormat
 from llmbin.methods.base import QuantResult
-from llmbin.methods.solvers.distill import DistillParams, distill_scales, entropy_weighted_kl
+from llmbin.methods.solvers.distill import DistillParams, _PlaneLinearFn, distill_scales, entropy_weighted_kl
 from llmbin.methods.solvers.dual_binarize import (DualBinaryColumnQuantizer, assign, fit_dual, group_error,
                                                   init_scales, levels_of, refit_scales)
 from llmbin.methods.solvers.gptq_loop import gptq_quantize
@@ -126,6 +126,15 @@ def test_distill_lowers_entropy_weighted_kl():
     assert all(p.grad is None for p in student.parameters())
 
 
+def test_plane_linear_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(4)
+    planes = torch.rand(2, 5, 70, generator=gen) > 0.5  # K = 70: a partial last group
+    scales = torch.randn(2, 5, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 70, generator=gen, dtype=torch.float64, requires_grad=True)
+    offset = torch.zeros((), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x, s: _PlaneLinearFn.apply(x, s, planes, offset, 64), (x, scales))
+
+
 def test_entropy_weight_upweights_uncertain_tokens():
     teacher = torch.tensor([[[10.0, 0, 0, 0], [0, 0, 0, 0]]])  # confident, then uniform
     student = torch.tensor([[[9.0, 1, 0, 0], [1, 0, 0, 0]]])
@@ -156,3 +165,17 @@ def test_checkpoint_round_trip_matches_in_memory_logits(tiny_llama_dir, text_fil
     assert report["totals"]["bpw_paper"] == 2.0 and report["totals"]["bpw_all_in"] == 2.5
     card = (out / "README.md").read_text()
     assert "1 + gamma * H_t / log V" in card and "dual binarization" in card
+
+
+def test_selfgen_distillation_runs_data_free(tiny_llama_dir, text_file):
+    import llmbin
+    from llmbin.recipe import Recipe
+
+    recipe = Recipe.create("dbllm", {"distill.enabled": True, "distill.data": "selfgen", "distill.nsamples": 2,
+                                     "distill.eval_nsamples": 1, "distill.seqlen": 8, "refit_iters": 1},
+                           calibration={"dataset": str(text_file), "nsamples": 2, "seqlen": 16})
+    qm = llmbin.quantize(str(tiny_llama_dir), recipe, verbose=False)
+    notes = [r["note"] for r in qm.log.records if "note" in r]
+    assert any("distill: held-out loss" in n for n in notes)
+    for name, result in qm.results.items():
+        assert torch.equal(qm.model.get_submodule(name).weight.data, result.format.dequantize())

@@ -1,6 +1,7 @@
 """The native CPU LUT kernel against fp32 math on the same packed weights (KERNELS.md tests)."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,19 @@ def test_import_does_not_build():
     code = ("import llmbin, llmbin.nn, llmbin.kernels, llmbin.kernels.cpu as c, sys; "
             "assert c._ext is None and c._error is None; assert 'llmbin_cpu_lut' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_bench_command_writes_rows(isas, tmp_path):
+    from click.testing import CliRunner
+
+    from llmbin.bench import bench_command
+
+    out = tmp_path / "k.json"
+    result = CliRunner().invoke(bench_command, ["--shape", "64x256", "--batch", "1", "--batch", "4", "--planes", "1",
+                                                "--budget", "0.05", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    cands = {(r["m"], r["candidate"]) for r in rows}
+    assert {(m, c) for m in (1, 4) for c in ("F.linear fp32", "F.linear bf16", "cpu P1", "torch P1")} <= cands
+    assert all(r["time_us"] > 0 and r["speedup_vs_fp32"] > 0 for r in rows)
+    assert "| 64x256 | 1 | cpu P1 |" in result.output

@@ -131,8 +131,8 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
             recipe.set(f"calibration.{key}", value)
         recipe.set("pipeline.device", device)
     peak = PeakRSS()
-    results = {"model": model_ref, "command": command, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "versions": versions(), "calibration": calibration, "eval": spec.describe(), "peak_rss_kind": peak.kind,
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results = {"model": model_ref, "command": command, "created": created, "versions": versions(), "calibration": calibration, "eval": spec.describe(), "peak_rss_kind": peak.kind,
                "notes": list(notes or []), "reference": None, "methods": []}
     previous = _previous(out_dir, results) if resume else None
     done = {m["label"]: m for m in (previous or {}).get("methods", []) if not m.get("error")}

@@ -93,8 +93,9 @@ def delta(result: dict, baseline: dict) -> dict:
     out: dict = {"perplexity": [], "zeroshot": {}}
     for q, b in zip(result.get("perplexity", []), baseline.get("perplexity", [])):
         d = q["ppl"] - b["ppl"]
-        out["perplexity"].append({"name": q["name"], "protocol": q["protocol"], "ppl": q["ppl"], "baseline_ppl": b["ppl"],
-                                  "delta": d, "relative": d / b["ppl"] if b["ppl"] else math.inf})
+        out["perplexity"].append({"name": q["name"], "protocol": q["protocol"], "ppl": q["ppl"],
+                                  "baseline_ppl": b["ppl"], "delta": d,
+                                  "relative": d / b["ppl"] if b["ppl"] else math.inf})
     base_tasks = baseline.get("zeroshot", {}).get("tasks", {})
     for name, task in result.get("zeroshot", {}).get("tasks", {}).items():
         if name not in base_tasks:

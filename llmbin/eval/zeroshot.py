@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import time
 
-from ..integrations.lmeval import DEFAULT_SEEDS, hflm, lm_eval_version, load_tasks, quiet_lm_eval, run_tasks, task_manager
+from ..integrations.lmeval import (DEFAULT_SEEDS, hflm, lm_eval_version, load_tasks, quiet_lm_eval, run_tasks,
+                                   task_manager)
 
 PROTOCOL = "lm-eval"
 BOOTSTRAP_ITERS = 100000  # lm-eval's default; mean metrics (acc) use the closed-form standard error anyway
@@ -45,8 +46,8 @@ def summarize(raw: dict) -> dict:
                        "num_fewshot": raw.get("n-shot", {}).get(name), "output_type": config.get("output_type"),
                        "higher_is_better": raw.get("higher_is_better", {}).get(name, {}),
                        "is_group": name in raw.get("groups", {})}
-        shots = tasks[name]["num_fewshot"]
-        tasks[name]["protocol"] = f"{PROTOCOL} {config.get('output_type', 'group')}, {shots if shots is not None else 0}-shot"
+        shots = tasks[name]["num_fewshot"] or 0
+        tasks[name]["protocol"] = f"{PROTOCOL} {config.get('output_type', 'group')}, {shots}-shot"
     return tasks
 
 

@@ -67,7 +67,7 @@ def _task_manager(names: tuple[str, ...], paths: tuple[str, ...]):
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+    if any(os.environ.get(k, "0") not in ("0", "") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
     try:
         socket.create_connection((HUB_HOST, 443), timeout=timeout).close()

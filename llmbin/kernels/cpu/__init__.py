@@ -50,6 +50,9 @@ def load_extension():
 
                 build = cache_dir()
                 build.mkdir(parents=True, exist_ok=True)
+                if not any(build.glob("*.so")):
+                    print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
+                          file=sys.stderr, flush=True)
                 _ext = load(name="llmbin_cpu_lut", sources=[str(Path(__file__).with_name("lut.cpp"))],
                             extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                             build_directory=str(build), verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))

@@ -1,10 +1,12 @@
-// Lookup-table GEMV/GEMM over llmbin bit planes (the repacked layout is built in __init__.py).
+// Lookup-table GEMV/GEMM over llmbin bit planes (segments from layout.py, interleaved in __init__.py).
 //
 // Every 4 consecutive activations get a 16-entry table of their subset sums, so one 4-bit nibble
 // of a plane row costs one lookup and one add instead of four masked adds. A table of 16 floats
 // is exactly one AVX-512 register, and vpermps looks up 16 rows at once: it only reads the low
 // 4 bits of each index lane, so a 32-bit word holding 32 bits of one row serves 8 lookups by
 // shifting it right 4 bits each time. Rows are therefore interleaved 16 at a time, word by word.
+// Tables stay float32 (T-MAC quantizes them to int8) so results are exact to fp32 rounding; the
+// cost is ~10 cycles per 16 rows x 32 weights x token (permute, shift and add ports saturated).
 //
 // A "segment" is one bit-plane problem sharing the token's tables: the binarized channels
 // (P = 1..2 planes, per-group scales, optional offsets) and, for PTQ1.61, the 4-bit salient block
@@ -396,7 +398,8 @@ struct Plan {
       float* wp = work.data_ptr<float>();
       // per token: tables, then the gathered activations, then the group sums
       const Job j{NB, wstride, wp, wp + KX * TW + KX * 32, y.data_ptr<float>() + m0 * NB * L, true};
-      at::parallel_for(0, mc, 1 + (mc == 1), [&](int64_t a, int64_t b) {
+      // building a token's tables is ~1 cycle per activation: only worth threads for many tokens
+      at::parallel_for(0, mc, std::max<int64_t>(1, 32768 / (KX * 32)), [&](int64_t a, int64_t b) {
         for (int64_t t = a; t < b; ++t) {
           float* base = wp + t * wstride;
 #ifdef LLMBIN_X86

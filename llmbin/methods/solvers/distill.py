@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ...errors import LlmbinError
 from ...models.walk import set_submodule
@@ -36,12 +37,12 @@ from ...models.walk import set_submodule
 class DistillParams:
     enabled: bool = False
     epochs: int = 1
-    lr: float = 2e-3  # Adam step on the relative scale factors m (A = A0 * m)
+    lr: float = 5e-3  # Adam step on the relative scale factors m (A = A0 * m)
     data: str = "calibration"  # calibration (the recipe's windows) | selfgen (sampled from the FP teacher)
     nsamples: int = 32  # training windows
     seqlen: int = 256  # tokens per window (calibration windows are cut to this length)
     eval_nsamples: int = 8  # held-out windows for the before/after loss (after the training windows)
-    batch_size: int = 4
+    batch_size: int = 2
     temperature: float = 1.0
     entropy_weight: float = 1.0  # gamma in w_t = 1 + gamma * H_t / log V
 
@@ -51,9 +52,9 @@ class DistillParams:
 
 
 def planes_weight(scales: torch.Tensor, planes: torch.Tensor, group_size: int) -> torch.Tensor:
-    """sum_p A[p, n, k // G] * B[p, n, k] in float32, the arithmetic of BitPlaneFormat.binary_part."""
-    expanded = scales.float().repeat_interleave(group_size, dim=-1)[..., : planes.shape[-1]]
-    return (expanded * planes.float()).sum(0)
+    """sum_p A[p, n, k // G] * B[p, n, k] in A's dtype (float32: the arithmetic of BitPlaneFormat.binary_part)."""
+    expanded = scales.repeat_interleave(group_size, dim=-1)[..., : planes.shape[-1]]
+    return (expanded * planes.to(scales.dtype)).sum(0)
 
 
 class _PlaneLinearFn(torch.autograd.Function):
@@ -71,9 +72,9 @@ class _PlaneLinearFn(torch.autograd.Function):
         g = ctx.group_size
         weight = (planes_weight(scales, planes, g) + offset_weight).to(grad_y.dtype)
         grad_x = grad_y @ weight
-        grad_w = grad_y.flatten(0, -2).float().T @ x.flatten(0, -2).float()  # [N, K]
+        grad_w = (grad_y.flatten(0, -2).T @ x.flatten(0, -2)).to(scales.dtype)  # [N, K]
         pad = scales.shape[-1] * g - planes.shape[-1]
-        per_weight = F.pad(planes.float() * grad_w, (0, pad))
+        per_weight = F.pad(planes.to(scales.dtype) * grad_w, (0, pad))
         grad_scales = per_weight.unflatten(-1, (scales.shape[-1], g)).sum(-1)
         return grad_x, grad_scales, None, None, None
 
@@ -156,6 +157,8 @@ def distill_scales(student, teacher, train_windows, eval_windows, results: dict,
         set_submodule(student, n, trainable[n])
     opt = torch.optim.Adam([m.factor for m in trainable.values()], lr=params.lr)
     steps, epoch_losses = 0, []
+    bar = tqdm(total=params.epochs * -(-len(train_windows) // params.batch_size), desc="distilling scales", unit="step",
+               disable=log is None or not log.verbose)
     try:
         for epoch in range(params.epochs):
             order = torch.randperm(len(train_windows), generator=generator)
@@ -171,6 +174,8 @@ def distill_scales(student, teacher, train_windows, eval_windows, results: dict,
                 opt.step()
                 running += loss.item() * len(ids)
                 steps += 1
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
             epoch_losses.append(running / len(order))
             if log is not None:
                 log.note(f"distill epoch {epoch + 1}/{params.epochs}: train loss {epoch_losses[-1]:.4f} "
@@ -178,6 +183,7 @@ def distill_scales(student, teacher, train_windows, eval_windows, results: dict,
         trained = {n: dataclasses.replace(original[n], scales=trainable[n].scales().detach().cpu().half())
                    for n in names}
     finally:
+        bar.close()
         for n in names:
             set_submodule(student, n, linears[n])
 
