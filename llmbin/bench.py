@@ -194,8 +194,17 @@ def run_decode_bench(packed_model, float_model, tokenizer, prompt: str = "The hi
 
 
 def load_decode_models(path: Path):
-    """(packed_model, float_model, tokenizer) for a packed checkpoint dir: wired by the checkpoint code."""
-    raise click.UsageError("end-to-end decode bench: loading packed checkpoints is not wired into `llmbin bench` yet")
+    """(packed_model, float_model, tokenizer) for a packed checkpoint dir; the float model is the one it was made from."""
+    from .api import load
+    from .checkpoint import read_quant_config
+    from .models.loading import load_model
+
+    source = read_quant_config(path).get("provenance", {}).get("model")
+    if not source:
+        raise click.UsageError(f"{path} does not record the model it was quantized from (provenance.model)")
+    packed, tokenizer = load(path)
+    float_model, _ = load_model(source)
+    return packed, float_model, tokenizer
 
 
 def _parse_shape(ctx, param, values):

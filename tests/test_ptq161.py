@@ -10,8 +10,8 @@ import llmbin  # noqa: F401  (registers the quantizer)
 from llmbin import api
 from llmbin.errors import LlmbinError
 from llmbin.formats.bitplane import BitPlaneFormat
-from llmbin.methods.solvers.block_training import (ChannelGather, FusedBlockLoss, StructuredBinaryLinear, token_sq_norms,
-                                                   window_losses)
+from llmbin.methods.solvers.block_training import (ChannelGather, FusedBlockLoss, StructuredBinaryLinear,
+                                                   token_sq_norms, window_losses)
 from llmbin.methods.solvers.structured_mask import StructuredBinary, salient_channel_mask, salient_count
 from llmbin.recipe import Recipe
 
@@ -86,12 +86,14 @@ def test_fused_loss_matches_the_plain_definition_and_its_gradient():
     y_fq = y_fp + 0.3 * torch.randn(3, 7, 16, generator=g)
     weights = torch.rand(3, generator=g)
     y_q = (y_fq + 0.5 * torch.randn(3, 7, 16, generator=g)).requires_grad_(True)
-    plain = window_losses(y_q, y_fp, y_fq)
-    (g_plain,) = torch.autograd.grad((plain * weights).sum(), y_q)
-    fused = FusedBlockLoss.apply(y_q, y_fp, y_fq, token_sq_norms(y_fp), token_sq_norms(y_fq))
-    (g_fused,) = torch.autograd.grad((fused * weights).sum(), y_q)
-    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(g_fused, g_plain, atol=1e-6, rtol=1e-4)
+    y_fp[:, 0] *= 100  # an attention-sink token
+    for relative in (False, True):
+        plain = window_losses(y_q, y_fp, y_fq, relative)
+        (g_plain,) = torch.autograd.grad((plain * weights).sum(), y_q)
+        fused = FusedBlockLoss.apply(y_q, y_fp, y_fq, token_sq_norms(y_fp), token_sq_norms(y_fq), relative)
+        (g_fused,) = torch.autograd.grad((fused * weights).sum(), y_q)
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g_fused, g_plain, atol=1e-6, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,15 @@ class PTQ161Params:
     lr_schedule: str = "constant"  # constant | cosine
     alpha_init: str = "mean_abs"  # mean_abs (reference: mean |w|) | lsq (mean |w - mu|)
     train_mu: bool = False  # also train mu (an extension; costs no stored bit)
+    mse: str = "absolute"  # absolute (paper) | relative: each token's error / |y_t|^2 (attention sinks stop owning it)
     shuffle: bool = True  # window order reshuffled every epoch (seeded)
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with AMX, else fp32) | bf16 | fp32
     preprocess: LoRAPreprocess = field(default_factory=LoRAPreprocess)
 
     def check(self) -> None:
         choices = {"act_stat": ("max", "mean"), "lr_schedule": ("constant", "cosine"),
-                   "alpha_init": ("mean_abs", "lsq"), "precision": ("auto", "bf16", "fp32")}
+                   "alpha_init": ("mean_abs", "lsq"), "precision": ("auto", "bf16", "fp32"),
+                   "mse": ("absolute", "relative")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise LlmbinError(f"ptq161 {key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
@@ -151,10 +153,11 @@ class PTQ161(QuantMethod):
             return layer_output(qlayer(x, *a, **k))
 
         probe = slice(0, LOSS_WINDOWS)
-        loss_before = evaluate_block(run, x_q[probe], y_fp[probe], y_fq[probe], sizes[0])
-        cfg = TrainConfig(p.epochs, p.lr_alpha, p.lr_rowcol, p.batch_size, p.lr_schedule, p.shuffle)
+        relative = p.mse == "relative"
+        loss_before = evaluate_block(run, x_q[probe], y_fp[probe], y_fq[probe], sizes[0], relative)
+        cfg = TrainConfig(p.epochs, p.lr_alpha, p.lr_rowcol, p.batch_size, p.lr_schedule, p.shuffle, relative)
         history = train_block(run, x_q, y_fp, y_fq, list(modules.values()), cfg, ctx.generator) if p.epochs else []
-        loss_after = evaluate_block(run, x_q[probe], y_fp[probe], y_fq[probe], sizes[0])
+        loss_after = evaluate_block(run, x_q[probe], y_fp[probe], y_fq[probe], sizes[0], relative)
         for m in modules.values():
             m.gather.clear()
         for name, module in modules.items():
@@ -170,7 +173,7 @@ class PTQ161(QuantMethod):
             ctx.log.note(f"{ctx.prefix}.{name} saw no calibration tokens: {result.metrics['fallback']}")
         ctx.log.module(module=ctx.prefix, layer=ctx.index, block_loss_before=round(loss_before, 6),
                        block_loss_after=round(loss_after, 6),
-                       epoch_losses=[round(v, 6) for v in history], dtype=str(dtype).removeprefix("torch."),
+                       epoch_losses=[round(v, 6) for v in history], matmul_dtype=str(dtype).removeprefix("torch."),
                        seconds=round(time.perf_counter() - start, 2))
 
     def _autocast(self, ctx, dtype):

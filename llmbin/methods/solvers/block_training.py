@@ -78,11 +78,17 @@ class StructuredBinaryLinear(nn.Module):
         return [self.alpha] + ([self.mu] if self.mu.requires_grad else []), [self.r1, self.r2]
 
 
-def window_losses(y_q: torch.Tensor, y_fp: torch.Tensor, y_fq: torch.Tensor) -> torch.Tensor:
-    """The block loss of each window [b] (float32), written plainly: the definition FusedBlockLoss must match."""
+def window_losses(y_q: torch.Tensor, y_fp: torch.Tensor, y_fq: torch.Tensor, relative: bool = False) -> torch.Tensor:
+    """The block loss of each window [b] (float32), written plainly: the definition FusedBlockLoss must match.
+
+    relative: each token's squared error is divided by its target's |y_t|^2 / H, so tokens whose hidden state is
+    100x larger than the others (attention sinks) weigh like any other token instead of owning the MSE terms.
+    """
     y_q, y_fp, y_fq = y_q.float(), y_fp.float(), y_fq.float()
-    dims = tuple(range(1, y_q.dim()))
-    mse = (y_q - y_fp).pow(2).mean(dims) + (y_q - y_fq).pow(2).mean(dims)
+    mse = 0
+    for target in (y_fp, y_fq):
+        err = (y_q - target).pow(2).mean(-1)
+        mse = mse + (err / target.pow(2).mean(-1).clamp_min(1e-12) if relative else err).flatten(1).mean(1)
     cos_fp = F.cosine_similarity(y_q, y_fp, dim=-1).flatten(1).mean(1)
     cos_fq = F.cosine_similarity(y_fq, y_q, dim=-1).flatten(1).mean(1)
     return mse - cos_fp.abs().log() - cos_fq.abs().log()
@@ -98,7 +104,7 @@ class FusedBlockLoss(torch.autograd.Function):
     with a hand-written backward: dL/dy_q = a_t y_q + b_t y_fp + c_t y_fq (3 passes where autograd takes ~30)."""
 
     @staticmethod
-    def forward(ctx, y_q, y_fp, y_fq, fp_sq, fq_sq):
+    def forward(ctx, y_q, y_fp, y_fq, fp_sq, fq_sq, relative=False):
         q = y_q.float()
         dot = lambda a, b: (a * b).sum(-1, dtype=torch.float64)  # noqa: E731
         qq, qf, qs = dot(q, q), dot(q, y_fp), dot(q, y_fq)
@@ -106,22 +112,25 @@ class FusedBlockLoss(torch.autograd.Function):
         cos_f, cos_s = qf / (n_q * n_f), qs / (n_q * n_s)
         c_f, c_s = cos_f.mean(1, keepdim=True), cos_s.mean(1, keepdim=True)
         t, h = q.shape[1], q.shape[2]
-        mse = (2 * qq - 2 * qf - 2 * qs + fp_sq + fq_sq).sum(1) / (t * h)
-        ctx.save_for_backward(q, y_fp, y_fq, n_q, n_f, n_s, cos_f, cos_s, c_f, c_s)
+        # weight of each token's squared error: 1/(T H) plain, 1/(T |y_t|^2) relative
+        w_f = 1 / (t * fp_sq.clamp_min(1e-12)) if relative else torch.full_like(qq, 1 / (t * h))
+        w_s = 1 / (t * fq_sq.clamp_min(1e-12)) if relative else w_f
+        mse = (w_f * (qq - 2 * qf + fp_sq) + w_s * (qq - 2 * qs + fq_sq)).sum(1)
+        ctx.save_for_backward(q, y_fp, y_fq, n_q, n_f, n_s, cos_f, cos_s, c_f, c_s, w_f, w_s)
         ctx.in_dtype = y_q.dtype
         return (mse - c_f.squeeze(1).abs().log() - c_s.squeeze(1).abs().log()).float()
 
     @staticmethod
     def backward(ctx, grad):
-        q, y_fp, y_fq, n_q, n_f, n_s, cos_f, cos_s, c_f, c_s = ctx.saved_tensors
-        t, h = q.shape[1], q.shape[2]
+        q, y_fp, y_fq, n_q, n_f, n_s, cos_f, cos_s, c_f, c_s, w_f, w_s = ctx.saved_tensors
+        t = q.shape[1]
         g = grad.double()[:, None]
-        a = g * (4 / (t * h) + (cos_f / c_f + cos_s / c_s) / (t * n_q * n_q))
-        b = g * (-2 / (t * h) - 1 / (t * c_f * n_q * n_f))
-        c = g * (-2 / (t * h) - 1 / (t * c_s * n_q * n_s))
+        a = g * (2 * w_f + 2 * w_s + (cos_f / c_f + cos_s / c_s) / (t * n_q * n_q))
+        b = g * (-2 * w_f - 1 / (t * c_f * n_q * n_f))
+        c = g * (-2 * w_s - 1 / (t * c_s * n_q * n_s))
         f32 = lambda v: v.float()[..., None]  # noqa: E731
         dq = torch.addcmul(torch.addcmul(f32(a) * q, f32(b), y_fp), f32(c), y_fq)
-        return dq.to(ctx.in_dtype), None, None, None, None
+        return dq.to(ctx.in_dtype), None, None, None, None, None
 
 
 @dataclass
@@ -132,14 +141,16 @@ class TrainConfig:
     batch_size: int = 1
     lr_schedule: str = "constant"  # constant | cosine (to 0 over all steps of the block)
     shuffle: bool = True
+    relative_mse: bool = False  # see window_losses
 
 
 @torch.no_grad()
-def evaluate_block(run, x: torch.Tensor, y_fp: torch.Tensor, y_fq: torch.Tensor, chunk: int) -> float:
+def evaluate_block(run, x: torch.Tensor, y_fp: torch.Tensor, y_fq: torch.Tensor, chunk: int,
+                   relative: bool = False) -> float:
     """Mean window loss of the quantized layer `run(x) -> y` over the windows of x, `chunk` windows per call."""
     total = 0.0
     for s in range(0, len(x), chunk):
-        total += window_losses(run(x[s:s + chunk]), y_fp[s:s + chunk], y_fq[s:s + chunk]).sum().item()
+        total += window_losses(run(x[s:s + chunk]), y_fp[s:s + chunk], y_fq[s:s + chunk], relative).sum().item()
     return total / len(x)
 
 
@@ -164,7 +175,8 @@ def train_block(run, x: torch.Tensor, y_fp: torch.Tensor, y_fq: torch.Tensor,
             if cfg.lr_schedule == "cosine":
                 for g, lr in zip(opt.param_groups, base_lrs):
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            loss = FusedBlockLoss.apply(run(x[idx]), y_fp[idx], y_fq[idx], fp_sq[idx], fq_sq[idx]).mean()
+            loss = FusedBlockLoss.apply(run(x[idx]), y_fp[idx], y_fq[idx], fp_sq[idx], fq_sq[idx],
+                                        cfg.relative_mse).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

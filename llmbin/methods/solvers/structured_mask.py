@@ -76,15 +76,14 @@ class StructuredBinary:
         alpha = (wb - mu[:, None] if alpha_init == "lsq" else wb).abs().mean(1)
         scale, zero = minmax_params(w, SALIENT_BITS)  # the range of the entire row, salient and not
         codes = quantize_codes(ws, scale[:, None], zero[:, None], SALIENT_BITS).to(torch.uint8)
-        ones = torch.ones
-        return cls(perm, signs, mu, alpha, ones(w.shape[0]), ones(k_bin), codes, scale, zero)
+        return cls(perm, signs, mu, alpha, torch.ones(w.shape[0]), torch.ones(k_bin), codes, scale, zero)
 
     def salient_values(self) -> torch.Tensor:
         """Dequantized 4-bit block [N, K_sal] (exact in float16)."""
         return dequantize_codes(self.salient_codes.float(), self.salient_scale[:, None], self.salient_zero[:, None])
 
     def rounded(self) -> "StructuredBinary":
-        """The parameters the packed format stores (A = 2 alpha, C = mu - alpha, r1, r2 through float16), re-expressed."""
+        """What the packed format stores (A = 2 alpha, C = mu - alpha, r1, r2 through float16), re-expressed."""
         a, c = fp16(2 * self.alpha), fp16(self.mu - self.alpha)
         return replace(self, alpha=a / 2, mu=c + a / 2, r1=fp16(self.r1), r2=fp16(self.r2))
 
@@ -102,15 +101,14 @@ class StructuredBinary:
 
     def to_format(self) -> BitPlaneFormat:
         """One plane, one group per row: A = 2 alpha, C = mu - alpha; out_scale = r1; in_scale = r2 (1 on salient)."""
-        n, k = self.signs.shape[0], self.perm.numel()
-        in_scale = torch.ones(k)
+        in_scale = torch.ones(self.perm.numel())
         in_scale[self.perm[:self.k_bin]] = self.r2
         salient = self.k_salient > 0
         return BitPlaneFormat(
             planes=(self.signs > 0)[None], scales=(2 * self.alpha).half()[None, :, None],
-            offsets=(self.mu - self.alpha).half()[:, None], group_size=max(self.k_bin, 1), in_features=k,
-            paper_bits=self.paper_bits(), in_scale=in_scale.half(), out_scale=self.r1.half(),
-            perm=self.perm.to(torch.int32),
+            offsets=(self.mu - self.alpha).half()[:, None], group_size=max(self.k_bin, 1),
+            in_features=self.perm.numel(), paper_bits=self.paper_bits(), in_scale=in_scale.half(),
+            out_scale=self.r1.half(), perm=self.perm.to(torch.int32),
             salient_codes=self.salient_codes if salient else None,
             salient_scale=self.salient_scale.half() if salient else None,
             salient_zero=self.salient_zero.half() if salient else None)
