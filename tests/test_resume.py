@@ -96,3 +96,26 @@ def test_memory_budget_refuses_whole_model_and_admits_streaming(six_layer_dir, t
     streamed = Recipe.create("gptq", {"bits": 3}, calibration=cal, pipeline={"memory_budget_mb": 45, "stream": True})
     llmbin.quantize(str(six_layer_dir), streamed, out=tmp_path / "streamed", verbose=False)
     assert (tmp_path / "streamed" / "config.json").exists()
+
+
+def test_ptq161_resume_after_a_failure_matches_uninterrupted(tiny_llama_dir, text_file, tmp_path, monkeypatch):
+    """PTQ1.61 carries a full-precision chain across layers: a resumed run must rebuild it for skipped layers."""
+    from llmbin.methods.ptq161 import PTQ161
+
+    recipe = Recipe.create("ptq161", {"epochs": 1}, calibration={"dataset": str(text_file), "nsamples": 4, "seqlen": 32})
+    llmbin.quantize(str(tiny_llama_dir), recipe, out=tmp_path / "whole", verbose=False)
+    original = PTQ161.quantize_layer
+
+    def fail_on_layer_1(self, ctx):
+        if ctx.index == 1:
+            raise LlmbinError("simulated failure")
+        return original(self, ctx)
+
+    monkeypatch.setattr(PTQ161, "quantize_layer", fail_on_layer_1)
+    with pytest.raises(LlmbinError, match="simulated failure"):
+        llmbin.quantize(str(tiny_llama_dir), recipe, out=tmp_path / "cut", verbose=False)
+    assert (tmp_path / ".cut.partial" / "layer-00000.safetensors").exists() and not (tmp_path / "cut").exists()
+    monkeypatch.setattr(PTQ161, "quantize_layer", original)
+    llmbin.quantize(str(tiny_llama_dir), recipe, out=tmp_path / "cut", resume=True, verbose=False)
+    tensors = lambda d: {k: v for k, v in tensor_files(d).items() if k.endswith(".safetensors")}  # noqa: E731
+    assert tensors(tmp_path / "cut") == tensors(tmp_path / "whole")

@@ -219,6 +219,13 @@ class PTQ161(QuantMethod):
                 set_submodule(qlayer, name, modules[name])
         return qlayer, modules
 
+    def on_layer_skipped(self, ctx) -> None:
+        """Resume: advance the full-precision chain through this layer (its weights are still full precision)."""
+        dtype = compute_dtype(ctx.device, self.params.precision)
+        batches = list(ctx.batches())
+        inputs = [h for h, _, _ in batches] if ctx.index == 0 else self._fp_chain.split([h.shape[0] for h, _, _ in batches])
+        self._fp_chain = self._fp_outputs(ctx, batches, inputs, dtype)
+
     def model_card_notes(self) -> str:
         p = self.params
         return (f"PTQ1.61 without quantization preprocessing (PTQ1.61*): {p.salient_ratio:.0%} of input channels "
