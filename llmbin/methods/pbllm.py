@@ -75,7 +75,9 @@ class PartialBinaryQuantizer:
         pass
 
     def _quantize(self, cols, w: torch.Tensor) -> torch.Tensor:
-        hs, hz = (self.high_scale, self.high_zero) if w.dim() == 1 else (self.high_scale[:, None], self.high_zero[:, None])
+        hs, hz = self.high_scale, self.high_zero
+        if w.dim() == 2:
+            hs, hz = hs[:, None], hz[:, None]
         bits, binary = binarize(w, self.scale, self.offset)
         codes = quantize_codes(w, hs, hz, self.high_bits)
         high = dequantize_codes(codes, hs, hz)
