@@ -132,10 +132,16 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
         recipe.set("pipeline.device", device)
     peak = PeakRSS()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    results = {"model": model_ref, "command": command, "created": created, "versions": versions(), "calibration": calibration, "eval": spec.describe(), "peak_rss_kind": peak.kind,
+    results = {"model": model_ref, "command": command, "created": created, "versions": versions(),
+               "calibration": calibration, "eval": spec.describe(), "peak_rss_kind": peak.kind,
                "notes": list(notes or []), "reference": None, "methods": []}
     previous = _previous(out_dir, results) if resume else None
     done = {m["label"]: m for m in (previous or {}).get("methods", []) if not m.get("error")}
+
+    def save():  # rows of the previous run not reached yet stay on disk, in case this run dies too
+        labels = {m["label"] for m in results["methods"]}
+        write_report({**results, "methods": results["methods"] + [m for k, m in done.items() if k not in labels]},
+                     out_dir)
 
     if previous and previous.get("reference"):
         results["reference"] = previous["reference"]
@@ -144,7 +150,7 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
         echo(f"reference: scoring {model_ref} at full precision")
         results["reference"] = {"label": "full precision", "bits": reference_bits(device),
                                 **evaluate_ref(model_ref, spec, device)}
-    write_report(results, out_dir)
+    save()
 
     scratch = out_dir / "checkpoints" if keep_checkpoints else Path(tempfile.mkdtemp(prefix="llmbin-compare-"))
     try:
@@ -184,7 +190,7 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
                 if not keep_checkpoints:
                     shutil.rmtree(checkpoint, ignore_errors=True)
             results["methods"].append(record)
-            write_report(results, out_dir)
+            save()
     finally:
         if not keep_checkpoints:
             shutil.rmtree(scratch, ignore_errors=True)
