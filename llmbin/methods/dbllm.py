@@ -74,10 +74,14 @@ class DBLLM(QuantMethod):
         quantizer.quantize_all(weight)
         return QuantResult(quantizer.to_format(PAPER_BITS), {"fallback": "dual binarization without feedback"})
 
-    def on_model_end(self, model, ctx) -> None:
+    def on_model_end(self, model, ctx) -> bool:
+        """The optional distillation; True when it changed (and kept) any scales, so the layers are rewritten."""
         d = self.params.distill
         if not d.enabled:
-            return
+            return False
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise LlmbinError("distill.enabled needs the whole quantized model in memory, but the layers were streamed "
+                              "(pipeline.stream=true); drop --set pipeline.stream=true or --set distill.enabled=false")
         from ..models.loading import load_model
 
         ctx.log.note(f"distill: loading the full-precision teacher {ctx.model_ref}")
@@ -98,6 +102,7 @@ class DBLLM(QuantMethod):
                                             ctx.log, ctx.device)
         self.distill_stats.update(data=d.data, windows=list(train.shape))
         del teacher
+        return bool(self.distill_stats["kept"])
 
     def model_card_notes(self) -> str:
         p = self.params
