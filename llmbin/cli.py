@@ -65,7 +65,7 @@ def main(offline):
 @main.command()
 @click.argument("model")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output directory (packed HF checkpoint).")
-@click.option("--method", default=None, help="Quantization method (see `llmbin methods`). Default: the recipe's, else gptq.")
+@click.option("--method", default=None, help="Quantization method (see `llmbin methods`). Default: the recipe's, else ptq161.")
 @click.option("--recipe", default=None, help="Recipe YAML file or shipped recipe name; flags below override it.")
 @click.option("--bits", type=int, default=None, help="Bits for integer methods (rtn, gptq): 2, 3, 4 or 8.")
 @click.option("--group-size", type=int, default=None, help="Columns per quantization group (-1: per row).")
@@ -87,7 +87,7 @@ def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, se
     from .api import quantize as run
     from .recipe import Recipe
 
-    r = Recipe.load(recipe) if recipe else Recipe.create(method or "gptq")
+    r = Recipe.load(recipe) if recipe else Recipe.create(method or "ptq161")
     if method and method != r.method:
         r = Recipe.create(method, calibration=r.to_dict()["calibration"], pipeline=r.to_dict()["pipeline"])
     for key, value in (("bits", bits), ("group_size", group_size)):
