@@ -31,7 +31,9 @@ class PBLLMParams:
     salient_ratio: float = 0.1
     high_bits: int = 8
     metric: str = "hessian"  # hessian: W^2 / U_jj^2 | magnitude: |W|
-    variant: str = "paper"  # paper: mu/alpha over non-salient weights | code: over all columns, salient zeroed
+    # code: mu/alpha over all columns with salient weights zeroed (the reference code, BENCH.md's figures; on SmolLM2
+    # protocol v1 1373 against the paper variant's 7143) | paper: over the non-salient weights only (the equations)
+    variant: str = "code"
     gptq: bool = True  # Hessian error feedback; false: plain rounding
     blocksize: int = 128
     percdamp: float = 0.01
