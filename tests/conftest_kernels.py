@@ -38,7 +38,14 @@ def reference(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x.float() @ w.T).to(x.dtype)
 
 
-def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+def rel_err(y: torch.Tensor, ref: torch.Tensor, w: torch.Tensor | None = None, x: torch.Tensor | None = None) -> float:
+    """|y - ref| / |ref|; given the product's w and x, the denominator is at least |(|x| @ |w|^T)| / sqrt(K), the typical
+    size of a K-term sum: with few outputs (N = M = 1) the sum can cancel to near zero by chance, and float32
+    rounding is relative to the terms, not to what is left of them."""
     assert y.shape == ref.shape and y.dtype == ref.dtype, (y.shape, ref.shape, y.dtype, ref.dtype)
     assert torch.isfinite(y).all(), "non-finite outputs (unwritten poisoned values?)"
-    return ((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
+    scale = ref.float().norm()
+    if w is not None and x is not None:
+        terms = x.float().abs() @ w.float().abs().T
+        scale = torch.maximum(scale, terms.norm() / w.shape[-1] ** 0.5)
+    return ((y.float() - ref.float()).norm() / scale.clamp_min(1e-12)).item()

@@ -37,7 +37,7 @@ def test_matches_reference(case, isas):
             x = torch.randn(m, k).to(dtype)  # fresh inputs every run
             ref = reference(w, x)
             for isa in isas:
-                err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref)
+                err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref, w, x)
                 assert err <= TOL[dtype], f"{isa} M={m} {dtype}: rel err {err:.2e}"
 
 
