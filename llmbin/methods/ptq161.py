@@ -128,16 +128,13 @@ class PTQ161(QuantMethod):
         dtype = compute_dtype(ctx.device, p.precision)
         batches = list(ctx.batches())
         sizes = [h.shape[0] for h, _, _ in batches]
-        if ctx.index == 0:
-            self._fp_chain = None
-        elif self._fp_chain is None or self._fp_chain.shape[0] != sum(sizes):
+        if ctx.index > 0 and (self._fp_chain is None or self._fp_chain.shape[0] != sum(sizes)):
             raise LlmbinError("ptq161 lost its full-precision chain: layers must be quantized in order from layer 0")
         y_fq, stats = self._targets_and_stats(ctx, batches, dtype)
-        if self._fp_chain is None:  # layer 0: both chains start from the same captured input
-            y_fp = y_fq
+        if ctx.index == 0:  # both chains start from the same captured input
+            self._fp_chain = y_fp = y_fq
         else:
-            y_fp = self._fp_outputs(ctx, batches, self._fp_chain.split(sizes), dtype)
-        self._fp_chain = y_fp
+            y_fp = self._advance_fp_chain(ctx, batches, dtype)
         if not ctx.linears:
             return
         x_q = torch.cat([h for h, _, _ in batches]).float()
@@ -194,9 +191,13 @@ class PTQ161(QuantMethod):
                 h.remove()
         return y, stats
 
-    def _fp_outputs(self, ctx, batches, inputs, dtype):
+    def _advance_fp_chain(self, ctx, batches, dtype):
+        """Y_fp: this layer at full precision on the full-precision chain (layer 0: on the captured inputs)."""
+        inputs = ([h for h, _, _ in batches] if ctx.index == 0
+                  else self._fp_chain.split([h.shape[0] for h, _, _ in batches]))
         with self._autocast(ctx, dtype):
-            return torch.cat([ctx.forward(x, a, k).float() for x, (_, a, k) in zip(inputs, batches)])
+            self._fp_chain = torch.cat([ctx.forward(x, a, k).float() for x, (_, a, k) in zip(inputs, batches)])
+        return self._fp_chain
 
     def _quantized_copy(self, ctx, stats, dtype):
         """A float32 copy of the layer with every calibrated linear replaced by a StructuredBinaryLinear."""
@@ -221,10 +222,7 @@ class PTQ161(QuantMethod):
 
     def on_layer_skipped(self, ctx) -> None:
         """Resume: advance the full-precision chain through this layer (its weights are still full precision)."""
-        dtype = compute_dtype(ctx.device, self.params.precision)
-        batches = list(ctx.batches())
-        inputs = [h for h, _, _ in batches] if ctx.index == 0 else self._fp_chain.split([h.shape[0] for h, _, _ in batches])
-        self._fp_chain = self._fp_outputs(ctx, batches, inputs, dtype)
+        self._advance_fp_chain(ctx, list(ctx.batches()), compute_dtype(ctx.device, self.params.precision))
 
     def model_card_notes(self) -> str:
         p = self.params
