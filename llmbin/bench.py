@@ -20,15 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from .formats import BitPlaneFormat, SparseCorrection
+from .formats.bitplane import mask_order
 
 BENCH_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (576, 576), (192, 576), (1536, 576), (576, 1536)]
 BENCH_BATCHES = [1, 4, 16, 64]
 
 
 def random_bitplane(n: int, k: int, planes: int = 1, group: int = 128, *, offsets: bool = True,
-                    in_scale: bool = False, out_scale: bool = False, perm: bool = False, k_salient: int = 0,
+                    in_scale: bool = False, out_scale: bool = False, perm: bool | str = False, k_salient: int = 0,
                     sparse: float = 0.0, generator: torch.Generator | None = None) -> BitPlaneFormat:
-    """A random but well-formed BitPlaneFormat (kernel tests and benches)."""
+    """A random but well-formed BitPlaneFormat (kernel tests and benches).
+
+    perm: True for a random permutation (stored as int32 indices), "mask" for PTQ1.61's order (binarized
+    channels ascending, then the salient ones; stored as a salient bitmap)."""
     g, f16 = generator, torch.float16
     k_bin = k - k_salient
     ng = -(-k_bin // group)
@@ -40,6 +44,10 @@ def random_bitplane(n: int, k: int, planes: int = 1, group: int = 128, *, offset
         in_scale=(torch.rand(k, generator=g) + 0.5).to(f16) if in_scale else None,
         out_scale=(torch.rand(n, generator=g) + 0.5).to(f16) if out_scale else None,
         perm=torch.randperm(k, generator=g).to(torch.int32) if perm else None)
+    if perm == "mask":
+        salient = torch.zeros(k, dtype=torch.bool)
+        salient[torch.randperm(k, generator=g)[:k_salient]] = True
+        fmt.perm = mask_order(salient).to(torch.int32)
     if k_salient:
         fmt.salient_codes = torch.randint(0, 16, (n, k_salient), generator=g, dtype=torch.uint8)
         fmt.salient_scale = (torch.rand(n, generator=g) * 0.02 + 0.001).to(f16)

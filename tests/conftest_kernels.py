@@ -10,14 +10,16 @@ from llmbin.bench import random_bitplane
 NS, KS, MS = (1, 7, 64, 257), (32, 128, 544), (1, 2, 3, 16, 33)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
-# what a method's layer looks like: plain binarization, PTQ1.61, PB-LLM, DB-LLM-like (no offsets)
-KINDS = ("plain", "ptq161", "pbllm", "nooffsets")
+# what a method's layer looks like: plain binarization, PTQ1.61 (salient bitmap order, r1 folded into A and C),
+# PB-LLM, DB-LLM-like (no offsets), and every optional part at once (random perm as indices, out_scale)
+KINDS = ("plain", "ptq161", "pbllm", "nooffsets", "permuted")
 
 
 def make_format(n: int, k: int, group, planes: int, kind: str, seed: int = 0):
     g = k if group == "K" else group
-    kw = {"plain": {}, "ptq161": dict(in_scale=True, out_scale=True, perm=True, k_salient=max(1, k // 5)),
-          "pbllm": dict(sparse=0.1), "nooffsets": dict(offsets=False, out_scale=True)}[kind]
+    kw = {"plain": {}, "ptq161": dict(in_scale=True, perm="mask", k_salient=max(1, k // 5)),
+          "pbllm": dict(sparse=0.1), "nooffsets": dict(offsets=False, out_scale=True),
+          "permuted": dict(in_scale=True, out_scale=True, perm=True, k_salient=max(1, k // 5))}[kind]
     return random_bitplane(n, k, planes, g, generator=torch.Generator().manual_seed(seed), **kw)
 
 

@@ -103,3 +103,54 @@ def test_all_in_bits_counts_every_stored_byte():
     fmt = random_bitplane(64, 128, 1, 128, 0, False, 0, scaled=False)
     # 1 bit per weight + fp16 scale and offset per row of 128
     assert fmt.all_in_bits() == pytest.approx(1 + 32 / 128)
+
+
+def salient_layer(mask_ordered: bool):
+    """A bitplane layer with a 4-bit salient block; its perm is mask-ordered or a general permutation."""
+    fmt = random_bitplane(3, 40, 1, 40, 5, False, 7)
+    salient = torch.zeros(40, dtype=torch.bool)
+    salient[[0, 9, 31, 32, 39]] = True
+    if mask_ordered:
+        fmt.perm = torch.cat([torch.nonzero(~salient).flatten(), torch.nonzero(salient).flatten()]).int()
+    return fmt
+
+
+def test_golden_mask_ordered_perm_is_stored_as_a_salient_bitmap():
+    fmt = salient_layer(mask_ordered=True)
+    meta, t = fmt.meta(), fmt.tensors()
+    assert meta["version"] == 2 and meta["perm_storage"] == "salient_mask"
+    assert "perm" not in t and t["salient_mask"].tolist() == [-2147483135, 129]  # bits 0, 9, 31 | bits 0, 7 (k = 32, 39)
+    assert t["salient_zero"].dtype == torch.uint8 and t["salient_zero"].tolist() == fmt.salient_zero.int().tolist()
+    back = BitPlaneFormat.from_tensors(meta, t)
+    assert torch.equal(back.perm, fmt.perm) and torch.equal(back.dequantize(), fmt.dequantize())
+    # 1 bit per input channel instead of 32 for the order, 8 bits per row instead of 16 for the zero point
+    general = salient_layer(mask_ordered=False)
+    assert general.meta()["perm_storage"] == "index" and general.tensors()["perm"].dtype == torch.int32
+    assert general.stored_bytes() - fmt.stored_bytes() == (40 * 4 - 2 * 4)
+
+
+def test_version_1_checkpoints_still_load():
+    fmt = salient_layer(mask_ordered=True)
+    v2 = fmt.tensors()
+    meta = {k: v for k, v in fmt.meta().items() if k != "perm_storage"} | {"version": 1}
+    v1 = {k: v for k, v in v2.items() if k != "salient_mask"}
+    v1 |= {"perm": fmt.perm.int(), "salient_zero": fmt.salient_zero.half()}
+    back = BitPlaneFormat.from_tensors(dict(meta), v1)
+    assert torch.equal(back.dequantize(), fmt.dequantize())
+    with pytest.raises(FormatError, match="salient_zero: stored torch.uint8"):
+        BitPlaneFormat.from_tensors(dict(meta), {**v1, "salient_zero": v2["salient_zero"]})
+
+
+def test_corrupted_salient_mask_is_refused():
+    fmt = salient_layer(mask_ordered=True)
+    t = fmt.tensors()
+    t["salient_mask"] = t["salient_mask"] | torch.tensor([2, 0], dtype=torch.int32)  # channel 1 marked too
+    with pytest.raises(FormatError, match="salient_mask marks 6 channels.*5 salient"):
+        BitPlaneFormat.from_tensors(fmt.meta(), t)
+
+
+def test_non_integer_salient_zero_is_refused():
+    fmt = salient_layer(mask_ordered=True)
+    fmt.salient_zero = fmt.salient_zero + 0.5
+    with pytest.raises(FormatError, match="integer 0..15"):
+        fmt.tensors()

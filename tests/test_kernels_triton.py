@@ -32,7 +32,7 @@ if INTERPRET and type(tb.K.bitplane_gemv_kernel).__name__ != "InterpretedFunctio
 CASES = [
     (1, 32, 32, 1, "plain"), (7, 128, 32, 2, "ptq161"), (64, 544, 128, 1, "pbllm"), (257, 128, "K", 2, "nooffsets"),
     (7, 544, "K", 1, "ptq161"), (64, 32, "K", 2, "pbllm"), (1, 544, 32, 2, "nooffsets"), (257, 32, 128, 1, "plain"),
-    (64, 128, 128, 2, "ptq161"), (7, 32, 128, 1, "nooffsets"), (257, 544, 32, 1, "plain"), (257, 32, 32, 2, "ptq161"),
+    (64, 128, 128, 2, "ptq161"), (7, 32, 128, 1, "nooffsets"), (257, 544, 32, 1, "plain"), (257, 32, 32, 2, "permuted"),
     (1, 128, "K", 1, "pbllm"),
 ]
 

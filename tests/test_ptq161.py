@@ -69,7 +69,11 @@ def test_packed_format_reproduces_trained_layer():
     torch.testing.assert_close(F.linear(x, packed.dequantize(), bias), y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.masked_sum_matmul(x) + bias, y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.dequantize(), trained.dequantize(), atol=1e-6, rtol=1e-6)
-    assert torch.equal(packed.out_scale, module.r1.detach().half())
+    # r1 is folded into the per-row A and C (KERNELS.md: it scales only the binary part), the order is a salient bitmap
+    assert packed.out_scale is None and fmt.meta()["perm_storage"] == "salient_mask" and "perm" not in fmt.tensors()
+    r1, alpha = module.r1.detach(), module.alpha.detach()
+    assert torch.equal(packed.scales.flatten(), (2 * alpha * r1).half())
+    assert torch.equal(packed.perm.long(), sb.perm)
     assert (packed.in_scale.float()[mask] == 1).all()
     assert packed.planes.shape[0] == 1 and packed.scales.shape == (1, w.shape[0], 1)  # one plane, one group per row
 

@@ -27,7 +27,8 @@ class FormatError(ValueError):
 
 class PackedFormat(ABC):
     name: ClassVar[str]
-    version: ClassVar[int]
+    version: ClassVar[int]  # the version this llmbin writes
+    readable_versions: ClassVar[tuple[int, ...]] = ()  # older versions it still reads (default: only `version`)
     out_features: int
     in_features: int
     paper_bits: float
@@ -85,8 +86,9 @@ def format_from_meta(meta: dict) -> type[PackedFormat]:
     if name not in FORMATS:
         raise FormatError(f"unknown packed format {name!r}; known: {', '.join(sorted(FORMATS))}")
     cls = FORMATS[name]
-    if meta.get("version") != cls.version:
+    readable = cls.readable_versions or (cls.version,)
+    if meta.get("version") not in readable:
         raise FormatError(
             f"format {name} version {meta.get('version')} is not supported by this llmbin "
-            f"(supports version {cls.version}); upgrade llmbin or re-quantize")
+            f"(reads version {', '.join(map(str, readable))}); upgrade llmbin or re-quantize")
     return cls

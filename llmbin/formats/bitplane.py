@@ -1,4 +1,4 @@
-"""The universal binary-plane layout (KERNELS.md), format version 1.
+"""The universal binary-plane layout (KERNELS.md), format version 2 (reads version 1).
 
     W[n, perm[k]] = out_scale[n] * in_scale[perm[k]] * (sum_p A[p,n,g] B[p,n,k] + C[n,g])   k < K_bin, g = k // G
     W[n, perm[K_bin + j]] = (q[n, j] - zero[n]) * scale[n]                                  salient 4-bit block
@@ -6,6 +6,11 @@
 
 so y = out_scale * bitplanes((in_scale * x)[perm[:K_bin]]) + q4(x[perm[K_bin:]]) + S x.
 Missing optional parts mean: no scaling, identity permutation, no salient block, no correction.
+
+On disk a permutation that is "binarized channels ascending, then salient ones ascending" (PTQ1.61's
+always is) is stored as a K-bit salient mask (`salient_mask`) instead of K int32 indices: 1 bit per
+column instead of 32. Version 2 also stores the salient zero point as uint8 (it is an integer 0..15).
+Version 1 checkpoints (int32 `perm` always, float16 `salient_zero`) still load.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PackedFormat, check_tensors, register_format
+from .base import FormatError, PackedFormat, check_tensors, register_format
 from .bits import pack_codes, pack_nibbles, unpack_codes, unpack_nibbles
 
 SCALE_DTYPE = torch.float16
@@ -21,6 +26,19 @@ SCALE_DTYPE = torch.float16
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def mask_order(salient: torch.Tensor) -> torch.Tensor:
+    """perm [K] int64 from a bool salient mask [K]: binarized channels ascending, then salient ascending."""
+    idx = torch.arange(salient.numel())
+    return torch.cat([idx[~salient], idx[salient]])
+
+
+def _perm_storage(meta: dict) -> str | None:
+    """How the permutation is stored: None (identity), "index" (int32 [K]) or "salient_mask" (bits [K])."""
+    if not meta["perm"]:
+        return None
+    return meta.get("perm_storage", "index")  # version 1 knew only "index"
 
 
 @dataclass
@@ -51,7 +69,8 @@ class SparseCorrection:
 @dataclass
 class BitPlaneFormat(PackedFormat):
     name = "bitplane"
-    version = 1
+    version = 2
+    readable_versions = (1, 2)
 
     planes: torch.Tensor  # bool [P, N, K_bin]
     scales: torch.Tensor  # fp16 [P, N, ceil(K_bin / G)]
@@ -80,8 +99,16 @@ class BitPlaneFormat(PackedFormat):
         return 0 if self.salient_codes is None else self.salient_codes.shape[1]
 
     # -- storage -------------------------------------------------------------------------
+    def _salient_mask(self) -> torch.Tensor | None:
+        """The bool mask [K] when perm is exactly mask_order(mask), else None (perm stored as indices)."""
+        if self.perm is None or not self.k_salient:
+            return None
+        mask = torch.zeros(self.in_features, dtype=torch.bool)
+        mask[self.perm[self.k_bin:].long()] = True
+        return mask if torch.equal(mask_order(mask), self.perm.long()) else None
+
     def meta(self) -> dict:
-        return {
+        meta = {
             "format": self.name, "version": self.version,
             "out_features": self.out_features, "in_features": self.in_features,
             "num_planes": self.planes.shape[0], "group_size": self.group_size, "k_salient": self.k_salient,
@@ -90,6 +117,23 @@ class BitPlaneFormat(PackedFormat):
             "sparse_nnz": None if self.sparse is None else int(self.sparse.values.numel()),
             "paper_bits": self.paper_bits,
         }
+        if self.perm is not None:
+            meta["perm_storage"] = "index" if self._salient_mask() is None else "salient_mask"
+        return meta
+
+    @staticmethod
+    def channel_perm(meta: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The permutation [K] int64 from stored tensors (either storage), None when there is none."""
+        storage = _perm_storage(meta)
+        if storage == "index":
+            return tensors["perm"].long()
+        if storage == "salient_mask":
+            mask = unpack_codes(tensors["salient_mask"].cpu(), 1, meta["in_features"]).bool()
+            if int(mask.sum()) != meta["k_salient"]:
+                raise FormatError(f"bitplane salient_mask marks {int(mask.sum())} channels, the layer has "
+                                  f"{meta['k_salient']} salient ones; the checkpoint is corrupted, re-export it")
+            return mask_order(mask)
+        return None
 
     @classmethod
     def expected_tensors(cls, meta: dict) -> dict:
@@ -104,12 +148,17 @@ class BitPlaneFormat(PackedFormat):
             exp["in_scale"] = (SCALE_DTYPE, (k,))
         if meta["out_scale"]:
             exp["out_scale"] = (SCALE_DTYPE, (n,))
-        if meta["perm"]:
+        storage = _perm_storage(meta)
+        if storage == "index":
             exp["perm"] = (torch.int32, (k,))
+        elif storage == "salient_mask":
+            exp["salient_mask"] = (torch.int32, (_ceil_div(k, 32),))
+        elif storage is not None:
+            raise FormatError(f"bitplane perm_storage {storage!r} is unknown to this llmbin; upgrade llmbin")
         if k_sal:
             exp["salient_q"] = (torch.uint8, (n, _ceil_div(k_sal, 2)))
             exp["salient_scale"] = (SCALE_DTYPE, (n,))
-            exp["salient_zero"] = (SCALE_DTYPE, (n,))
+            exp["salient_zero"] = (torch.uint8 if meta["version"] >= 2 else SCALE_DTYPE, (n,))
         if meta["sparse_nnz"] is not None:
             nnz = meta["sparse_nnz"]
             exp["sparse_values"] = (SCALE_DTYPE, (nnz,))
@@ -120,10 +169,20 @@ class BitPlaneFormat(PackedFormat):
     def tensors(self) -> dict[str, torch.Tensor]:
         t = {"planes": pack_codes(self.planes, 1), "scales": self.scales}
         optional = {"offsets": self.offsets, "in_scale": self.in_scale, "out_scale": self.out_scale,
-                    "perm": self.perm, "salient_scale": self.salient_scale, "salient_zero": self.salient_zero}
+                    "salient_scale": self.salient_scale}
         t.update({k: v for k, v in optional.items() if v is not None})
+        if self.perm is not None:
+            mask = self._salient_mask()
+            if mask is None:
+                t["perm"] = self.perm.to(torch.int32)
+            else:
+                t["salient_mask"] = pack_codes(mask, 1)
         if self.salient_codes is not None:
             t["salient_q"] = pack_nibbles(self.salient_codes)
+            zero = self.salient_zero.float()
+            if not bool(((zero == zero.round()) & (zero >= 0) & (zero <= 15)).all()):
+                raise FormatError("bitplane salient_zero must be an integer 0..15 (a 4-bit zero point)")
+            t["salient_zero"] = zero.to(torch.uint8)
         if self.sparse is not None:
             t.update(sparse_values=self.sparse.values, sparse_colidx=self.sparse.colidx,
                      sparse_rowptr=self.sparse.rowptr)
@@ -137,13 +196,15 @@ class BitPlaneFormat(PackedFormat):
         sparse = None
         if meta["sparse_nnz"] is not None:
             sparse = SparseCorrection(tensors["sparse_values"], tensors["sparse_colidx"], tensors["sparse_rowptr"])
+        perm = cls.channel_perm(meta, tensors)
         return cls(
             planes=unpack_codes(tensors["planes"], 1, k_bin).bool(), scales=tensors["scales"],
             offsets=tensors.get("offsets"), group_size=meta["group_size"], in_features=meta["in_features"],
             paper_bits=meta["paper_bits"], in_scale=tensors.get("in_scale"), out_scale=tensors.get("out_scale"),
-            perm=tensors.get("perm"),
+            perm=None if perm is None else perm.to(torch.int32),
             salient_codes=unpack_nibbles(tensors["salient_q"], k_sal) if k_sal else None,
-            salient_scale=tensors.get("salient_scale"), salient_zero=tensors.get("salient_zero"), sparse=sparse)
+            salient_scale=tensors.get("salient_scale"),
+            salient_zero=tensors["salient_zero"].to(SCALE_DTYPE) if k_sal else None, sparse=sparse)
 
     # -- math ----------------------------------------------------------------------------
     def binary_part(self, dtype=torch.float32) -> torch.Tensor:

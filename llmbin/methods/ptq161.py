@@ -8,7 +8,8 @@ Per decoder layer:
 3. block-wise training of alpha, r1, r2 against Y_fp (full-precision layer on the full-precision chain)
    and Y_fq (full-precision layer on the quantized chain), see solvers/block_training.py.
 The method keeps the full-precision chain itself (`_fp_chain`), one tensor of layer inputs.
-Packed as one bit plane (A = 2 alpha, C = mu - alpha, out_scale = r1, in_scale = r2) plus a 4-bit block.
+Packed as one bit plane (A = 2 alpha r1, C = (mu - alpha) r1, in_scale = r2) plus a 4-bit block; the channel
+order is stored as a K-bit salient mask (formats/bitplane.py).
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...formats.bitplane import BitPlaneFormat
 from ...formats.bits import pack_codes, unpack_codes, unpack_nibbles
 
 
@@ -72,7 +73,8 @@ def layer_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
     buf = {name: b.detach().cpu() for name, b in buffers.items()}
     n, k, k_sal = meta["out_features"], meta["in_features"], meta["k_salient"]
     k_bin = k - k_sal
-    perm = buf["perm"].long() if meta["perm"] else torch.arange(k)
+    perm = BitPlaneFormat.channel_perm(meta, buf)
+    perm = torch.arange(k) if perm is None else perm
     out_scale = buf["out_scale"].float() if meta["out_scale"] else torch.ones(n)
     in_scale = buf["in_scale"].float() if meta["in_scale"] else torch.ones(k)
     words, ng, wpg = group_words(buf["planes"], k_bin, meta["group_size"])

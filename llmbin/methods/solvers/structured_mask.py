@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...formats.bitplane import BitPlaneFormat
+from ...formats.bitplane import BitPlaneFormat, mask_order
 from .quant_grid import dequantize_codes, minmax_params, quantize_codes
 
 SALIENT_BITS = 4
@@ -30,12 +30,6 @@ def salient_channel_mask(act: torch.Tensor, ratio: float) -> torch.Tensor:
     order = torch.sort(act.float().cpu(), descending=True, stable=True).indices
     mask[order[:salient_count(act.numel(), ratio)]] = True
     return mask
-
-
-def channel_order(mask: torch.Tensor) -> torch.Tensor:
-    """perm [K] int64: binarized channels ascending, then salient channels ascending."""
-    idx = torch.arange(mask.numel())
-    return torch.cat([idx[~mask], idx[mask]])
 
 
 def fp16(t: torch.Tensor) -> torch.Tensor:
@@ -68,7 +62,7 @@ class StructuredBinary:
     def init(cls, weight: torch.Tensor, mask: torch.Tensor, alpha_init: str = "mean_abs") -> "StructuredBinary":
         """alpha_init: mean_abs = mean |w| (reference code); lsq = mean |w - mu| (least squares for fixed signs)."""
         w = weight.float().cpu()
-        perm = channel_order(mask)
+        perm = mask_order(mask)
         k_bin = int((~mask).sum())
         wb, ws = w[:, perm[:k_bin]], w[:, perm[k_bin:]]
         mu = wb.mean(1)
@@ -83,9 +77,13 @@ class StructuredBinary:
         return dequantize_codes(self.salient_codes.float(), self.salient_scale[:, None], self.salient_zero[:, None])
 
     def rounded(self) -> "StructuredBinary":
-        """What the packed format stores (A = 2 alpha, C = mu - alpha, r1, r2 through float16), re-expressed."""
-        a, c = fp16(2 * self.alpha), fp16(self.mu - self.alpha)
-        return replace(self, alpha=a / 2, mu=c + a / 2, r1=fp16(self.r1), r2=fp16(self.r2))
+        """What the packed format stores (A = 2 alpha r1, C = (mu - alpha) r1, r2 through float16), re-expressed."""
+        a, c = self._packed_row_scales()
+        return replace(self, alpha=a / 2, mu=c + a / 2, r1=torch.ones_like(self.r1), r2=fp16(self.r2))
+
+    def _packed_row_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """r1 scales only the binary part, so it folds into that part's per-row A and C: no stored out_scale."""
+        return fp16(2 * self.alpha * self.r1), fp16((self.mu - self.alpha) * self.r1)
 
     def dequantize(self) -> torch.Tensor:
         """Dense [N, K] with these (unrounded) parameters."""
@@ -100,15 +98,15 @@ class StructuredBinary:
         return (self.k_bin + SALIENT_BITS * self.k_salient) / self.perm.numel()
 
     def to_format(self) -> BitPlaneFormat:
-        """One plane, one group per row: A = 2 alpha, C = mu - alpha; out_scale = r1; in_scale = r2 (1 on salient)."""
+        """One plane, one group per row: A = 2 alpha r1, C = (mu - alpha) r1; in_scale = r2 (1 on salient)."""
         in_scale = torch.ones(self.perm.numel())
         in_scale[self.perm[:self.k_bin]] = self.r2
         salient = self.k_salient > 0
+        a, c = self._packed_row_scales()
         return BitPlaneFormat(
-            planes=(self.signs > 0)[None], scales=(2 * self.alpha).half()[None, :, None],
-            offsets=(self.mu - self.alpha).half()[:, None], group_size=max(self.k_bin, 1),
-            in_features=self.perm.numel(), paper_bits=self.paper_bits(), in_scale=in_scale.half(),
-            out_scale=self.r1.half(), perm=self.perm.to(torch.int32),
+            planes=(self.signs > 0)[None], scales=a.half()[None, :, None], offsets=c.half()[:, None],
+            group_size=max(self.k_bin, 1), in_features=self.perm.numel(), paper_bits=self.paper_bits(),
+            in_scale=in_scale.half(), perm=self.perm.to(torch.int32),
             salient_codes=self.salient_codes if salient else None,
             salient_scale=self.salient_scale.half() if salient else None,
             salient_zero=self.salient_zero.half() if salient else None)
