@@ -30,6 +30,7 @@ CONFIGS = {
     "pbllm": ["--recipe", "pbllm-1.7"],
     "ptq161-e5": ["--method", "ptq161", "--set", "epochs=5"],  # the method's default ratio 0.2, as the reference
     "ptq161-recipe-e5": ["--recipe", "ptq161", "--set", "epochs=5"],  # the recipe's 0.175 (1.646 bits all-in)
+    "ptq161-recipe-e10": ["--recipe", "ptq161", "--set", "epochs=10"],  # twice the reference's epochs
     "ptq161": ["--recipe", "ptq161"],
     "dbllm": ["--recipe", "dbllm-2bit"],
 }
