@@ -43,7 +43,7 @@ def random_bitplane(n: int, k: int, planes: int = 1, group: int = 128, *, offset
         group_size=group, in_features=k, paper_bits=float(planes),
         in_scale=(torch.rand(k, generator=g) + 0.5).to(f16) if in_scale else None,
         out_scale=(torch.rand(n, generator=g) + 0.5).to(f16) if out_scale else None,
-        perm=torch.randperm(k, generator=g).to(torch.int32) if perm else None)
+        perm=torch.randperm(k, generator=g).to(torch.int32) if perm is True else None)
     if perm == "mask":
         salient = torch.zeros(k, dtype=torch.bool)
         salient[torch.randperm(k, generator=g)[:k_salient]] = True

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 
 from llmbin.formats import BitPlaneFormat, FormatError, SparseCorrection, UniformFormat, format_from_meta
+from llmbin.formats.bitplane import mask_order
 from llmbin.formats.bits import pack_codes, pack_nibbles, unpack_codes, unpack_nibbles
 
 
@@ -111,7 +112,7 @@ def salient_layer(mask_ordered: bool):
     salient = torch.zeros(40, dtype=torch.bool)
     salient[[0, 9, 31, 32, 39]] = True
     if mask_ordered:
-        fmt.perm = torch.cat([torch.nonzero(~salient).flatten(), torch.nonzero(salient).flatten()]).int()
+        fmt.perm = mask_order(salient).int()
     return fmt
 
 
