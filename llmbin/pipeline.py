@@ -1,9 +1,10 @@
 """Sequential per-decoder-layer calibration.
 
-Layer 0's exact call (hidden states, args, kwargs) is captured for every calibration batch; then
-each decoder layer in turn is moved to the compute device, its linears' input statistics are
-collected by hooks, the method quantizes them (weights replaced by their dequantized packed
-values), and the QUANTIZED layer's outputs become the next layer's inputs.
+The model's own call of every decoder layer (args, kwargs: its mask kind, its rotary table) is captured
+for every calibration batch, with layer 0's input hidden states; then each decoder layer in turn is
+moved to the compute device, its linears' input statistics are collected by hooks, the method
+quantizes them (weights replaced by their dequantized packed values), and the QUANTIZED layer's
+outputs, with the next layer's own call, become the next layer's inputs.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .activation_cache import ActivationCache
 from .methods.base import QuantMethod, QuantResult
-from .models.walk import capture_layer0_inputs, decoder_layers, find_linears, layer_output, make_linears_explicit
+from .models.walk import capture_layer_calls, decoder_layers, find_linears, layer_output, make_linears_explicit
 from .stats import InputStats
 
 
@@ -209,8 +210,10 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
     check_budget(est, options)
     _move_outside_layers(model, layers, device)
     cache = ActivationCache(options.activation_cache)
-    for batch in capture_layer0_inputs(model, layers, calib_ids.to(device), options.batch_size):
-        cache.append(batch)
+    calls = []  # calls[batch][layer] = (args, kwargs) exactly as the model passes them to that layer
+    for hidden, layer_calls in capture_layer_calls(model, layers, calib_ids.to(device), options.batch_size):
+        cache.append((hidden, *layer_calls[0]))
+        calls.append(layer_calls)
     results: dict[str, QuantResult] = {}
     skip = list(options.skip)
     bar = tqdm(range(len(layers)), desc="quantizing layers", unit="layer")
@@ -238,8 +241,9 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
         if missing:
             raise RuntimeError(f"method {method.name} left {sorted(missing)} of layer {i} unquantized")
         next_cache = ActivationCache(options.activation_cache)
-        for hidden, args, kwargs in ctx.batches():
-            next_cache.append((ctx.forward(hidden, args, kwargs).cpu(), args, kwargs))
+        for b, (hidden, args, kwargs) in enumerate(ctx.batches()):
+            next_call = calls[b][i + 1] if i + 1 < len(layers) else ((), {})
+            next_cache.append((ctx.forward(hidden, args, kwargs).cpu(), *next_call))
         cache.close()
         cache = next_cache
         results.update({f"{prefix}.{i}.{n}": r for n, r in ctx.results.items()})

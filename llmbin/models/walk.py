@@ -114,33 +114,57 @@ class _StopForward(Exception):
     pass
 
 
+_CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past")
+
+
 @torch.no_grad()
-def capture_layer0_inputs(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor, batch_size: int):
-    """Run the model up to layer 0 and keep its exact call: [(hidden [B, T, H], other args, kwargs)] per batch.
+def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor, batch_size: int):
+    """The model's own call of every decoder layer, per batch: [(layer-0 hidden [B, T, H], [(args, kwargs) per layer])].
 
-    Only the embeddings and whatever precedes layer 0 run (on the model's current device).
+    The model's forward runs with each decoder layer short-circuited (it records its call and passes its
+    input on), so every layer gets exactly the arguments the model gives it (its mask kind, its rotary table,
+    any per-layer kwargs) at the cost of the embeddings and the mask/rotary set-up only. Tensors the model
+    shares between layers (one mask per layer type) stay shared.
     """
-    captured = []
+    captured, first = [], []
+    calls: list = [None] * len(layers)
+    last = len(layers) - 1
 
-    def hook(_module, args, kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values")}
-        kwargs["use_cache"] = False
-        if args:
-            hidden, args = args[0], tuple(args[1:])
-        else:
-            hidden = kwargs.pop("hidden_states")
-        captured.append((hidden.detach(), args, kwargs))
-        raise _StopForward
+    def recorder(index):
+        def forward(*args, **kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS}
+            kwargs["use_cache"] = False
+            hidden, args = (args[0], tuple(args[1:])) if args else (kwargs.pop("hidden_states"), ())
+            if index == 0:
+                first.append(hidden.detach())
+            calls[index] = (args, kwargs)
+            if index == last:
+                raise _StopForward
+            return hidden
+        return forward
 
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)
     try:
         for start in range(0, len(input_ids), batch_size):
+            first.clear()
+            calls[:] = [None] * len(layers)
             try:
                 model(input_ids=input_ids[start:start + batch_size], use_cache=False)
             except _StopForward:
                 pass
+            missed = [i for i, call in enumerate(calls) if call is None]
+            if missed:
+                raise LlmbinError(f"{type(model).__name__} did not call decoder layers {missed} in its forward pass; "
+                                  "this architecture is not supported")
+            captured.append((first[0], list(calls)))
     finally:
-        handle.remove()
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
     return captured
 
 
