@@ -72,12 +72,9 @@ def calibration_ids(model, tokenizer, recipe: Recipe) -> tuple[torch.Tensor, str
 
 
 def provenance(model_ref: str, recipe: Recipe, calib_source: str, windows: torch.Tensor) -> dict:
-    import transformers
+    from .eval.suite import versions
 
-    from . import __version__
-
-    return {"llmbin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "model": model_ref, "seed": recipe.calibration.seed, "calibration": calib_source,
+    return {**versions(), "model": model_ref, "seed": recipe.calibration.seed, "calibration": calib_source,
             "calibration_windows": list(windows.shape), "calibration_token_hash": token_hash(windows)}
 
 

@@ -146,7 +146,17 @@ def versions() -> dict:
     from ..integrations.lmeval import lm_eval_version
 
     return {"llmbin": __version__, "lm_eval": lm_eval_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__}
+            "transformers": transformers.__version__, **compute_environment()}
+
+
+def compute_environment() -> dict:
+    """What changes float results besides the code: torch's thread count (it reorders float sums) and the CPU path."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
 
 
 def evaluate_ref(ref: str, spec: EvalSpec, device: str = "cpu", verbose: bool = False) -> dict:
