@@ -66,7 +66,15 @@ def test_packed_format_reproduces_trained_layer():
     x = torch.randn(7, w.shape[1], generator=g)
     with torch.no_grad():
         y = fq(x)
+        y_trained = module(x)  # the module that was trained, its scales still in float32
     torch.testing.assert_close(F.linear(x, packed.dequantize(), bias), y, atol=1e-5, rtol=1e-5)
+    # the packed layer against the trained module itself: every weight differs only by the float16 rounding of
+    # its factors (A or C, r2, or the salient scale: relative 2^-11 each), so |difference| <= 2^-9 sum_j |w_j x_j|
+    # (the scales move by 30%: a factor applied wrongly or not at all breaks this bound)
+    bound = 2.0 ** -9 * F.linear(x.abs(), packed.dequantize().abs())
+    packed_y = F.linear(x, packed.dequantize(), bias)
+    assert ((packed_y - y_trained).abs() <= bound + 1e-6).all()
+    assert not torch.equal(packed_y, y_trained)  # the float32 scales really were rounded
     torch.testing.assert_close(packed.masked_sum_matmul(x) + bias, y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.dequantize(), trained.dequantize(), atol=1e-6, rtol=1e-6)
     # r1 is folded into the per-row A and C (KERNELS.md: it scales only the binary part), the order is a salient bitmap
