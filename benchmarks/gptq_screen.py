@@ -7,7 +7,7 @@ original weights with those Hessians, is scored on the first evaluation windows,
 That makes a configuration cost its column loops plus one evaluation instead of a whole pipeline
 run, which is what a 2-core machine can afford for a screen; confirm the winner with `llmbin compare`.
 
-Config names: METHOD[-bB][-gG][-act][-dDAMP][-static], e.g. rtn-g128, gptq-b3-g64-act, gptq-g128-d0.1.
+Config names: METHOD[-bB][-gG][-act][-dDAMP][-static][-mse], e.g. rtn-g128, gptq-b3-g64-act, gptq-g128-d0.1.
 
     python benchmarks/gptq_screen.py --model qwen2.5-coder-0.5b --calib CODE_CALIB --eval CODE_EVAL \
         --nsamples 32 --max-windows 16 --configs fp,rtn-g128,gptq-g128,gptq-g128-act -o screen.json
@@ -37,9 +37,11 @@ from llmbin.models.walk import decoder_layers, find_linears  # noqa: E402
 def parse_config(name: str) -> dict:
     method, *tokens = name.split("-")
     cfg = {"name": name, "method": method, "bits": 4, "group_size": 128, "act_order": False, "percdamp": 0.01,
-           "static_groups": False}
+           "static_groups": False, "fit": "minmax"}
     for t in tokens:
-        if t == "act":
+        if t == "mse":
+            cfg["fit"] = "mse"
+        elif t == "act":
             cfg["act_order"] = True
         elif t == "static":
             cfg["static_groups"] = True
@@ -87,8 +89,8 @@ def collect_hessians(model, windows: torch.Tensor, batch_size: int) -> tuple[dic
 
 def quantize_weight(cfg: dict, weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
     if cfg["method"] == "rtn":
-        return rtn_format(weight, cfg["bits"], cfg["group_size"]).dequantize()
-    quantizer = UniformColumnQuantizer(*weight.shape, cfg["bits"], cfg["group_size"])
+        return rtn_format(weight, cfg["bits"], cfg["group_size"], cfg["fit"]).dequantize()
+    quantizer = UniformColumnQuantizer(*weight.shape, cfg["bits"], cfg["group_size"], cfg["fit"], torch.diag(hessian))
     q, _ = gptq_quantize(weight, hessian, quantizer, 128, cfg["percdamp"], cfg["act_order"], cfg["static_groups"])
     return q
 
