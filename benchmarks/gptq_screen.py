@@ -57,15 +57,15 @@ def collect_hessians(model, windows: torch.Tensor, batch_size: int) -> tuple[dic
     """-> ({linear name: H = 2/n X^T X}, {linear name: name whose H it shares (same input tensor)})."""
     prefix, layers = decoder_layers(model)
     linears = {f"{prefix}.{i}.{n}": m for i, layer in enumerate(layers) for n, m in find_linears(layer).items()}
-    hessians, owner, last = {}, {}, {}
+    hessians, owner, previous = {}, {}, {"name": None, "input": None}
 
     def hook(name):
         def fn(_module, inputs):
             x = inputs[0]
-            key = (x.data_ptr(), tuple(x.shape))
-            if name not in owner:  # linears fed the very same tensor (q/k/v, gate/up) share one Hessian
-                owner[name] = last.get(key, name)
-                last[key] = owner[name]
+            if name not in owner:  # linears called back to back on the very same tensor (q/k/v, gate/up) share H
+                same = previous["input"] is x
+                owner[name] = owner[previous["name"]] if same else name
+            previous["name"], previous["input"] = name, x  # holding x keeps its memory from being reused
             if owner[name] != name:
                 return
             x = x.reshape(-1, x.shape[-1]).float()
@@ -76,7 +76,7 @@ def collect_hessians(model, windows: torch.Tensor, batch_size: int) -> tuple[dic
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
     try:
         for start in range(0, len(windows), batch_size):
-            last.clear()
+            previous["name"], previous["input"] = None, None
             model.model(input_ids=windows[start:start + batch_size], use_cache=False)
     finally:
         for h in handles:
