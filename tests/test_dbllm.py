@@ -35,9 +35,24 @@ def test_initial_levels_are_symmetric_two_bit_grid():
     assert torch.equal(a1, a1.half().float()) and torch.equal(a2, a2.half().float())
     levels = four_levels(a1, a2).sort(1).values
     assert torch.equal(levels, torch.stack([-s, torch.zeros_like(s), s, 2 * s], 1))
-    m1, m2 = init_scales(w, mirror=True)  # llmbin option: the 2s level goes to the side of the largest |w|
-    flip = -w.amin(1) > w.amax(1)
-    assert flip.any() and (~flip).any() and torch.equal(m1, torch.where(flip, -a1, a1)) and torch.equal(m2, torch.where(flip, -a2, a2))
+    m1, m2 = init_scales(w, negative=True)  # the mirrored grid {-2s, -s, 0, s}
+    assert torch.equal(m1, -a1) and torch.equal(m2, -a2)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mirror_init_never_increases_error_versus_positive_grid(weighted):
+    for seed in range(4):
+        w = heavy_tailed(n=64, seed=seed)  # a quarter of the rows have their largest weight negative
+        cw = torch.rand(w.shape[1], generator=torch.Generator().manual_seed(seed)) * 3 + 0.01 if weighted else None
+        for iters in (0, 1, 5):
+            positive = group_error(w, *fit_dual(w, iters, cw, mirror=False), cw)
+            mirrored = group_error(w, *fit_dual(w, iters, cw, mirror=True), cw)
+            assert torch.all(mirrored <= positive)  # per (row, group)
+            assert (mirrored < positive).sum() >= 8  # and it does pick the mirrored grid where that is better
+        # with no refit, the negative-side rows are the ones helped: the lone 2s level belongs on their side
+        flip = -w.amin(1) > w.amax(1)
+        gain = group_error(w, *fit_dual(w, 0, cw), cw) - group_error(w, *fit_dual(w, 0, cw, mirror=True), cw)
+        assert gain[flip].mean() > gain[~flip].mean()
 
 
 @pytest.mark.parametrize("scales", ["init", "random"])

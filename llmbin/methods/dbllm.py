@@ -34,7 +34,7 @@ class DBLLMParams:
     group_size: int = 64
     refit_iters: int = 5  # least-squares refit + re-assign rounds per group (each kept only if it helps)
     hessian_weighted: bool = True  # weight the refit's columns by diag(H) (damped)
-    mirror_init: bool = False  # llmbin option: start rows whose largest |w| is negative from {-2s, -s, 0, s}
+    mirror_init: bool = True  # llmbin option: fit each group from both grid orientations, keep the smaller error
     blocksize: int = 128
     percdamp: float = 0.01
     act_order: bool = False
@@ -109,7 +109,7 @@ class DBLLM(QuantMethod):
         lines = [
             f"DB-LLM flexible dual binarization: per row and group of {p.group_size} input columns, "
             "w = a1*b1 + a2*b2 with two {0,1} bit planes and two float16 scales (initial levels {-s, 0, s, 2s}, "
-            f"s = max|w|/2{', mirrored for rows whose largest |w| is negative' if p.mirror_init else ''}; "
+            f"s = max|w|/2{'; per group the fit also runs from the mirrored grid {-2s, -s, 0, s} and the orientation with the smaller error is kept' if p.mirror_init else ''}; "
             f"up to {p.refit_iters} least-squares refit rounds"
             f"{', diag(H)-weighted' if p.hessian_weighted else ''}), inside the GPTQ column loop "
             "(Hessian-guided error feedback). 2 bits per weight (paper), 2.5 all-in at group 64.",
