@@ -220,3 +220,35 @@ def test_missing_teacher_stops_with_one_line_naming_the_flag(quantized, tmp_path
                                    "--set", "nsamples=2", "--set", "eval_nsamples=1", "--set", "seqlen=16"])
     assert ok.exit_code == 0, ok.output
     assert out.is_dir()
+
+
+def test_killed_distillation_resumes_from_its_saved_state(quantized, tmp_path, monkeypatch):
+    import llmbin
+    from llmbin.distill.stage import Stage
+
+    source = quantized("gptq")
+    options = dict(SMALL, save_every=1)
+    reference = llmbin.api.distill(source, tmp_path / "ref", options=DistillOptions(**options), verbose=False)
+    real, calls = Stage.batch_loss, []
+
+    def dies_at_step_4(self, ids, target):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt  # a kill in the middle of step 4
+        return real(self, ids, target)
+
+    monkeypatch.setattr(Stage, "batch_loss", dies_at_step_4)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
+    assert not out.exists() and (tmp_path / ".out.distill-partial" / "distill-state.pt").exists()
+    with pytest.raises(llmbin.errors.LlmbinError, match="--resume"):
+        llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
+    monkeypatch.setattr(Stage, "batch_loss", real)
+    resumed = llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False, resume=True)
+    assert resumed.stats["steps"] == reference.stats["steps"] and len(calls) == 4
+    assert resumed.stats["history"] == reference.stats["history"]
+    new, ref = stored_tensors(out), stored_tensors(tmp_path / "ref")
+    assert all(torch.equal(new[k], ref[k]) for k in ref)  # same result as the uninterrupted run
+    assert not (tmp_path / ".out.distill-partial").exists()

@@ -165,12 +165,12 @@ class Stage:
         return total / len(held)
 
     # -- state -------------------------------------------------------------------------
-    def save_state(self, step, opt, best, best_loss, loss_before, history) -> None:
+    def save_state(self, step, opt, best, best_loss, loss_before, history, running) -> None:
         if self.state_path is None:
             return
         state = {"version": STATE_VERSION, "fingerprint": self.fingerprint, "step": step, "deltas": self.deltas(),
                  "optimizer": opt.state_dict(), "best": best, "best_loss": best_loss, "loss_before": loss_before,
-                 "history": history}
+                 "history": history, "running": running}
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.state_path)
@@ -195,6 +195,7 @@ class Stage:
         opt = torch.optim.Adam(self.params, lr=self.o.lr)
         state = self.load_state()
         with checkpointed_layers(self.student, self.names):
+            running = None  # smoothed training loss, shown and logged
             if state is None:
                 step, best, history = 0, None, []
                 loss_before = best_loss = self.held_out_loss()
@@ -202,15 +203,14 @@ class Stage:
                 self.note(f"distill: held-out loss before {loss_before:.4f} ({len(self.windows.held_out)} windows, "
                           f"{self.n_train} training windows of {self.o.seqlen} tokens, {self.total} steps)")
             else:
-                step, best, best_loss, loss_before, history = (state[k] for k in
-                                                               ("step", "best", "best_loss", "loss_before", "history"))
+                step, best, best_loss, loss_before, history, running = (
+                    state[k] for k in ("step", "best", "best_loss", "loss_before", "history", "running"))
                 self.set_deltas(state["deltas"])
                 opt.load_state_dict(state["optimizer"])
                 self.note(f"distill: resumed at step {step}/{self.total} from {self.state_path}")
             per_epoch = -(-self.n_train // self.o.batch_size)
             bar = tqdm(total=self.total, initial=step, desc="distilling", unit="step",
                        disable=self.log is None or not getattr(self.log, "verbose", True))
-            running = None
             try:
                 while step < self.total:
                     epoch, within = divmod(step, per_epoch)
@@ -234,7 +234,7 @@ class Stage:
                         self.note(f"distill step {step}/{self.total}: train {running:.4f}, held-out {held:.4f} "
                                   f"(best {best_loss:.4f}), {time.perf_counter() - start_time:.0f} s")
                     if self.o.save_every and (step % self.o.save_every == 0 or step == self.total):
-                        self.save_state(step, opt, best, best_loss, loss_before, history)
+                        self.save_state(step, opt, best, best_loss, loss_before, history, running)
             finally:
                 bar.close()
             # the best state, rounded to the stored precision, is what the checkpoint will hold
