@@ -23,7 +23,8 @@ class DistillOptions:
     eval_nsamples: int = 4  # held-out windows, disjoint from the training ones
     epochs: int = 1
     batch_size: int = 1  # windows per Adam step
-    lr: float = 1e-2  # Adam step on the relative changes of the continuous tensors (cosine decay to 0)
+    lr: float = 5e-3  # Adam step on the relative changes of the continuous tensors (warm-up, then cosine decay to 0)
+    warmup: float = 0.1  # share of the steps over which the step size rises linearly from 0
     eval_every: int = 16  # steps between held-out evaluations (the best state is kept)
     save_every: int = 8  # steps between resumable state saves (0: never)
     seed: int = 0
@@ -41,6 +42,8 @@ class DistillOptions:
                 raise LlmbinError(f"distill.{key} must be >= 1, not {getattr(self, key)}")
         if self.seqlen < 2:
             raise LlmbinError(f"distill.seqlen must be >= 2, not {self.seqlen}")
+        if not 0 <= self.warmup < 1:
+            raise LlmbinError(f"distill.warmup must be in [0, 1), not {self.warmup}")
         if self.temperature <= 0 or self.lr <= 0 or self.ce_weight < 0 or self.entropy_weight < 0:
             raise LlmbinError("distill.temperature and distill.lr must be > 0, distill.ce_weight and "
                               "distill.entropy_weight >= 0")

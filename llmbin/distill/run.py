@@ -88,7 +88,7 @@ def card_notes(options: DistillOptions, stats: dict) -> str:
         f"({', '.join(stats.get('tensors', []))}) was trained with the codes, planes, masks and zero points frozen, "
         f"then rounded to float16 as stored. {weighting}{ce}; T = {options.temperature}, teacher top-{options.topk}. "
         f"{stats['train_windows'][0]} {options.data} windows of {options.seqlen} tokens, {options.epochs} epoch(s), "
-        f"batch {options.batch_size}, Adam lr {options.lr} (cosine) on relative changes; held-out windows disjoint "
+        f"batch {options.batch_size}, Adam lr {options.lr} ({options.warmup:.0%} warm-up, cosine) on relative changes; held-out windows disjoint "
         "from the training ones.",
         f"Held-out distillation loss {stats['loss_before']:.4f} -> {stats['loss_after']:.4f} "
         f"({'trained tensors kept' if stats['kept'] else 'no gain: original tensors kept'}), {stats['steps']} steps.",

@@ -189,6 +189,13 @@ class Stage:
         gen = torch.Generator().manual_seed(self.o.seed * 1000003 + epoch)
         return torch.randperm(self.n_train, generator=gen).tolist()
 
+    def step_size(self, step: int) -> float:
+        """Linear warm-up over the first `warmup` share of the steps (Adam's first steps are sign-sized), then cosine."""
+        warm = int(self.o.warmup * self.total)
+        if step < warm:
+            return self.o.lr * (step + 1) / (warm + 1)
+        return self.o.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.total - warm)))
+
     def run(self) -> DistillRun:
         start_time = time.perf_counter()
         self.install()
@@ -216,7 +223,7 @@ class Stage:
                     epoch, within = divmod(step, per_epoch)
                     idx = torch.tensor(self.order(epoch)[within * self.o.batch_size:(within + 1) * self.o.batch_size])
                     for group in opt.param_groups:
-                        group["lr"] = self.o.lr * 0.5 * (1 + math.cos(math.pi * step / self.total))
+                        group["lr"] = self.step_size(step)
                     loss = self.batch_loss(self.windows.train[idx], self.cache.select(idx))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
