@@ -252,3 +252,12 @@ def test_killed_distillation_resumes_from_its_saved_state(quantized, tmp_path, m
     new, ref = stored_tensors(out), stored_tensors(tmp_path / "ref")
     assert all(torch.equal(new[k], ref[k]) for k in ref)  # same result as the uninterrupted run
     assert not (tmp_path / ".out.distill-partial").exists()
+
+
+def test_preflight_refuses_naming_the_flags(quantized, tmp_path):
+    import llmbin
+
+    out = tmp_path / "out"
+    with pytest.raises(llmbin.errors.LlmbinError, match="distill.batch_size, distill.seqlen or distill.topk"):
+        llmbin.api.distill(quantized("gptq"), out, options=DistillOptions(**SMALL), verbose=False, memory_budget_mb=1)
+    assert not out.exists() and not (tmp_path / ".out.distill-partial").exists()

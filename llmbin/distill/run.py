@@ -225,6 +225,15 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
     work.mkdir(parents=True, exist_ok=True)
     log = QuantLog(verbose=verbose)
     try:
+        model, _ = load_checkpoint(path)  # packed: small beside the teacher
+        formats = {n: m.packed_format() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+        if not formats:
+            raise LlmbinError(f"{path} has no packed linears to distill")
+        dense = sum(4 * f.out_features * f.in_features for f in formats.values())
+        est = estimate_memory(model, formats, options, dense + sum(p.numel() * 4 for p in model.parameters()))
+        log.note(f"distill pre-flight memory: {est['host'] / 2**30:.2f} GB host (teacher pass "
+                 f"{est['teacher_pass'] / 2**30:.2f} GB, training {est['training'] / 2**30:.2f} GB)")
+        check_memory(est, memory_budget_mb)
         teacher_model = None
         if (path / "tokenizer_config.json").exists():
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -232,13 +241,6 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
             teacher_model, tokenizer = load_teacher(teacher_ref, device)
         windows, cache = teacher_targets(teacher_ref, tokenizer, dataset, options, device, log, work, teacher_model)
         del teacher_model
-        model, _ = load_checkpoint(path)
-        formats = {n: m.packed_format() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-        if not formats:
-            raise LlmbinError(f"{path} has no packed linears to distill")
-        est = estimate_memory(model, formats, options, 0)
-        log.note(f"distill pre-flight memory: {est['training'] / 2**30:.2f} GB host for training")
-        check_memory(est, memory_budget_mb)
         run = Stage(model, formats, windows, cache, options, device, log, work / STATE_FILE).run()
     except LlmbinError:
         if not any(work.iterdir()):
