@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import LlmbinError
 from ..formats import PackedFormat
 from ..models.walk import decoder_layers, set_submodule
+from ..pipeline import peak_rss_mb
 from .data import DistillWindows
 from .loss import TeacherCache, distill_loss
 from .options import DistillOptions
@@ -262,7 +263,7 @@ class Stage:
                  "steps": step, "modules": len(self.names), "history": history,
                  "train_windows": list(self.windows.train.shape), "held_out_windows": list(self.windows.held_out.shape),
                  "tensors": sorted({f"{self.formats[n].name}.{k}" for n in self.names for k in self.modules[n].kinds}),
-                 "seconds": round(time.perf_counter() - start_time, 1)}
+                 "seconds": round(time.perf_counter() - start_time, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
         self.note(f"distill: held-out loss {loss_before:.4f} -> {loss_after:.4f} "
                   f"({'kept' if kept else 'no gain, original tensors kept'}), {step} steps on {len(self.names)} "
                   f"linears in {stats['seconds']} s")
