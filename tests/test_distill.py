@@ -261,3 +261,34 @@ def test_preflight_refuses_naming_the_flags(quantized, tmp_path):
     with pytest.raises(llmbin.errors.LlmbinError, match="distill.batch_size, distill.seqlen or distill.topk"):
         llmbin.api.distill(quantized("gptq"), out, options=DistillOptions(**SMALL), verbose=False, memory_budget_mb=1)
     assert not out.exists() and not (tmp_path / ".out.distill-partial").exists()
+
+
+def test_quantize_with_distill_section_resumes_a_killed_stage(tiny_llama_dir, text_file, tmp_path, monkeypatch):
+    import llmbin
+    from llmbin.distill.stage import Stage
+    from llmbin.recipe import Recipe
+
+    recipe = Recipe.create("gptq", {"bits": 2, "group_size": 32}, {"dataset": str(text_file), "nsamples": 4, "seqlen": 32},
+                           distill=dict(SMALL, enabled=True, save_every=1))
+    reference = llmbin.quantize(str(tiny_llama_dir), recipe, out=tmp_path / "ref", verbose=False)
+    real, calls = Stage.batch_loss, []
+
+    def dies_at_step_5(self, ids, target):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+        return real(self, ids, target)
+
+    monkeypatch.setattr(Stage, "batch_loss", dies_at_step_5)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False)
+    monkeypatch.setattr(Stage, "batch_loss", real)
+    resumed = llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False, resume=True)
+    notes = [r["note"] for r in resumed.log.records if "note" in r]
+    assert any("resumed at step 4/" in n for n in notes) and any("teacher targets reused" in n for n in notes)
+    assert reference.info["distill"]["kept"] and resumed.info["distill"] == reference.info["distill"]
+    new, ref = stored_tensors(out), stored_tensors(tmp_path / "ref")
+    assert new.keys() == ref.keys() and all(torch.equal(new[k], ref[k]) for k in ref)
+    assert not any(p.name.startswith("distill-") for p in out.iterdir())
