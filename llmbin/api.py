@@ -139,6 +139,8 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
         results = quantize_model(model, method, windows, recipe.pipeline, recipe.calibration.seed, log, work, stream)
         generator = torch.Generator().manual_seed(recipe.calibration.seed)
         changed = method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
+        distill_stats = _distill_stage(model, results, model_ref, tokenizer, recipe, device, log, work)
+        changed = changed or bool(distill_stats and distill_stats["kept"])
     except LlmbinError:
         if work is not None and not work.finished:
             work.discard()  # nothing worth resuming
@@ -150,12 +152,43 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
     notes = getattr(method, "model_card_notes", None)
     if notes:
         info["method_notes"] = notes()
+    if distill_stats:
+        from .distill.run import card_notes, config_entry
+
+        info["distill"] = config_entry(recipe.distill, distill_stats)
+        info["method_notes"] = "\n\n".join(filter(None, [info.get("method_notes"), card_notes(recipe.distill, distill_stats)]))
     run_stats = {"quantize_seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
     log.records.append({"summary": run_stats})
     qm = QuantizedModel(model, tokenizer, recipe, results, info, log, fingerprint, run_stats)
     if out is not None:
         qm.save(out, overwrite, work=work, rewrite_layers=bool(changed))
     return qm
+
+
+def _distill_stage(model, results, model_ref, tokenizer, recipe: Recipe, device, log, work) -> dict | None:
+    """The recipe's `distill:` stage after the last layer (state in OUT's work area, so --resume continues it)."""
+    if not recipe.distill.enabled:
+        return None
+    from .distill.run import clear_state, distill_quantized
+
+    state_dir = None if work is None else work.path
+    stats = distill_quantized(model, results, model_ref, tokenizer, recipe.calibration.dataset, recipe.distill, device,
+                              log, state_dir, recipe.pipeline.memory_budget_mb)
+    clear_state(state_dir)  # the work area becomes the checkpoint
+    return stats
+
+
+def distill(checkpoint: str | Path, out: str | Path, teacher: str | None = None, dataset: str | None = None,
+            options=None, device: str = "cpu", resume: bool = False, overwrite: bool = False, verbose: bool = True,
+            memory_budget_mb: int = 0):
+    """Distill a packed checkpoint against its full-precision teacher (from its provenance, or `teacher`) into `out`.
+
+    -> DistillOutcome (model: the trained student; formats; stats; path). See llmbin/distill.
+    """
+    from .distill.run import distill_checkpoint
+
+    return distill_checkpoint(checkpoint, out, teacher, dataset, options, device, resume, overwrite, verbose,
+                              memory_budget_mb)
 
 
 def _unquantized_linears(model, results) -> list[str]:

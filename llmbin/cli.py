@@ -89,7 +89,8 @@ def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, se
 
     r = Recipe.load(recipe) if recipe else Recipe.create(method or "ptq161")
     if method and method != r.method:
-        r = Recipe.create(method, calibration=r.to_dict()["calibration"], pipeline=r.to_dict()["pipeline"])
+        r = Recipe.create(method, calibration=r.to_dict()["calibration"], pipeline=r.to_dict()["pipeline"],
+                          distill=r.to_dict()["distill"])
     for key, value in (("bits", bits), ("group_size", group_size)):
         if value is not None:
             r.set(key, value)
@@ -273,6 +274,40 @@ def compare(model, methods, recipes, overrides, dataset, nsamples, seqlen, seed,
     failed = [m["label"] for m in results["methods"] if m.get("error")]
     if failed:
         raise LlmbinError(f"{len(failed)} method(s) failed ({', '.join(failed)}); the others are in {out}/report.md")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(), help="Output directory (the distilled packed checkpoint).")
+@click.option("--teacher", default=None, help="Full-precision model to distill from [the checkpoint's source model].")
+@click.option("--dataset", default=None, help="Training text (as for quantize) [the checkpoint's calibration text].")
+@click.option("--recipe", default=None, help="Recipe YAML (or shipped name) whose distill: section gives the options.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Distillation option (nsamples=64, loss=kl, ce_weight=0.1; see the recipe's distill: section); repeatable.")
+@click.option("--device", default="cpu", show_default=True, help="Compute device: cpu or cuda.")
+@click.option("--memory-budget-mb", type=int, default=0, help="Refuse when the pre-flight estimate exceeds this (0: no check).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted distillation from OUT's work area.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@friendly_errors
+def distill(checkpoint, out, teacher, dataset, recipe, overrides, device, memory_budget_mb, overwrite, resume, quiet):
+    """Train the continuous tensors of packed CHECKPOINT (codes frozen) against its full-precision teacher into OUT."""
+    from .api import distill as run
+    from .distill.options import DistillOptions
+    from .recipe import Recipe, set_field
+
+    options = Recipe.load(recipe).distill if recipe else DistillOptions()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LlmbinError(f"--set takes KEY=VALUE, got {item!r}")
+        set_field(options, key.strip().removeprefix("distill."), value.strip(), "distill")
+    options.check()
+    result = run(checkpoint, out, teacher, dataset, options, device, resume, overwrite, not quiet, memory_budget_mb)
+    s = result.stats
+    click.echo(f"wrote {out}: held-out distillation loss {s['loss_before']:.4f} -> {s['loss_after']:.4f} "
+               f"({'kept' if s['kept'] else 'no gain: original tensors kept'}), {s['steps']} steps on {s['modules']} "
+               f"linears, {s['seconds']} s")
 
 
 def _register_optional_commands() -> None:

@@ -1,7 +1,9 @@
 """Recipes: method + parameters + calibration + pipeline options. Versioned, YAML in/out, unknown keys rejected.
 
 `--set key=value` addresses method parameters by name (`salient_ratio=0.2`, `preprocess.enabled=true`)
-and the other sections by prefix (`calibration.nsamples=64`, `pipeline.true_sequential=true`).
+and the other sections by prefix (`calibration.nsamples=64`, `pipeline.true_sequential=true`,
+`distill.enabled=true`). Recipes written before the `distill:` section existed kept DB-LLM's
+distillation options under `params.distill`; those are read into the `distill:` section.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .distill.options import DistillOptions
 from .errors import LlmbinError
 
 RECIPE_VERSION = 1
@@ -90,44 +93,59 @@ class Recipe:
     calibration: Calibration = field(default_factory=Calibration)
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     version: int = RECIPE_VERSION
+    distill: DistillOptions = field(default_factory=DistillOptions)
 
     @classmethod
     def create(cls, method: str, params: dict | None = None, calibration: dict | None = None,
-               pipeline: dict | None = None) -> "Recipe":
+               pipeline: dict | None = None, distill: dict | None = None) -> "Recipe":
         from .methods import get_method
 
         recipe = cls(method, get_method(method).params_cls())
-        for k, v in (params or {}).items():
+        params = dict(params or {})
+        legacy = {k: params.pop(k) for k in list(params) if k == "distill" or k.startswith("distill.")}
+        for k, v in legacy.items():  # DB-LLM's former params.distill: now the recipe's distill section
+            recipe.set(k, v)
+        for k, v in params.items():
             set_field(recipe.params, k, v, f"{method} parameter")
         for k, v in (calibration or {}).items():
             set_field(recipe.calibration, k, v, "calibration")
         for k, v in (pipeline or {}).items():
             set_field(recipe.pipeline, k, v, "pipeline")
+        for k, v in (distill or {}).items():
+            set_field(recipe.distill, k, v, "distill")
+        recipe.distill.check()
         return recipe
 
     def set(self, key: str, value) -> None:
         section, _, rest = key.partition(".")
-        if section in ("calibration", "pipeline") and rest:
+        if section in ("calibration", "pipeline", "distill") and rest:
             set_field(getattr(self, section), rest, value, section)
+            if section == "distill":
+                self.distill.check()
+        elif section == "distill":
+            set_field(self, "distill", value, "recipe")
+            self.distill.check()
         else:
             set_field(self.params, key, value, f"{self.method} parameter")
 
     def to_dict(self) -> dict:
         return {"version": self.version, "method": self.method, "params": asdict(self.params),
-                "calibration": asdict(self.calibration), "pipeline": asdict(self.pipeline)}
+                "calibration": asdict(self.calibration), "pipeline": asdict(self.pipeline),
+                "distill": asdict(self.distill)}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "recipe") -> "Recipe":
         if not isinstance(data, dict) or "method" not in data:
             raise LlmbinError(f"{source}: a recipe is a mapping with at least a 'method' key")
-        unknown = set(data) - {"version", "method", "params", "calibration", "pipeline"}
+        unknown = set(data) - {"version", "method", "params", "calibration", "pipeline", "distill"}
         if unknown:
             raise LlmbinError(f"{source}: unknown recipe key(s) {', '.join(sorted(unknown))}; "
-                              "allowed: version, method, params, calibration, pipeline")
+                              "allowed: version, method, params, calibration, pipeline, distill")
         version = data.get("version", RECIPE_VERSION)
         if version != RECIPE_VERSION:
             raise LlmbinError(f"{source}: recipe version {version} is not supported (this llmbin reads version {RECIPE_VERSION})")
-        return cls.create(data["method"], data.get("params"), data.get("calibration"), data.get("pipeline"))
+        return cls.create(data["method"], data.get("params"), data.get("calibration"), data.get("pipeline"),
+                          data.get("distill"))
 
     @classmethod
     def load(cls, ref: str) -> "Recipe":

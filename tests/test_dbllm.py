@@ -1,15 +1,11 @@
-"""DB-LLM: dual-binarization levels, nearest assignment, guarded refits, packing, distillation, checkpoint round trip."""
+"""DB-LLM: dual-binarization levels, nearest assignment, guarded refits, mirror init, packing, checkpoint round trip
+with the (generic) distillation stage; the stage itself is tested in test_distill.py."""
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
-from conftest import tiny_llama
 from llmbin.formats import BitPlaneFormat
-from llmbin.methods.base import QuantResult
-from llmbin.methods.solvers.distill import DistillParams, _PlaneLinearFn, distill_scales, entropy_weighted_kl
 from llmbin.methods.solvers.dual_binarize import (DualBinaryColumnQuantizer, assign, fit_dual, group_error,
                                                   init_scales, levels_of, refit_scales)
 from llmbin.methods.solvers.gptq_loop import gptq_quantize
@@ -35,9 +31,24 @@ def test_initial_levels_are_symmetric_two_bit_grid():
     assert torch.equal(a1, a1.half().float()) and torch.equal(a2, a2.half().float())
     levels = four_levels(a1, a2).sort(1).values
     assert torch.equal(levels, torch.stack([-s, torch.zeros_like(s), s, 2 * s], 1))
-    m1, m2 = init_scales(w, mirror=True)  # llmbin option: the 2s level goes to the side of the largest |w|
-    flip = -w.amin(1) > w.amax(1)
-    assert flip.any() and (~flip).any() and torch.equal(m1, torch.where(flip, -a1, a1)) and torch.equal(m2, torch.where(flip, -a2, a2))
+    m1, m2 = init_scales(w, negative=True)  # the mirrored grid {-2s, -s, 0, s}
+    assert torch.equal(m1, -a1) and torch.equal(m2, -a2)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mirror_init_never_increases_error_versus_positive_grid(weighted):
+    for seed in range(4):
+        w = heavy_tailed(n=64, seed=seed)  # a quarter of the rows have their largest weight negative
+        cw = torch.rand(w.shape[1], generator=torch.Generator().manual_seed(seed)) * 3 + 0.01 if weighted else None
+        for iters in (0, 1, 5):
+            positive = group_error(w, *fit_dual(w, iters, cw, mirror=False), cw)
+            mirrored = group_error(w, *fit_dual(w, iters, cw, mirror=True), cw)
+            assert torch.all(mirrored <= positive)  # per (row, group)
+            assert (mirrored < positive).sum() >= 8  # and it does pick the mirrored grid where that is better
+        # with no refit, the negative-side rows are the ones helped: the lone 2s level belongs on their side
+        flip = -w.amin(1) > w.amax(1)
+        gain = group_error(w, *fit_dual(w, 0, cw), cw) - group_error(w, *fit_dual(w, 0, cw, mirror=True), cw)
+        assert gain[flip].mean() > gain[~flip].mean()
 
 
 @pytest.mark.parametrize("scales", ["init", "random"])
@@ -102,57 +113,16 @@ def test_packed_planes_and_scales_reproduce_fake_quant_exactly():
     assert ((Q - W) @ X.T).pow(2).sum() < ((plain - W) @ X.T).pow(2).sum()
 
 
-def test_distill_lowers_entropy_weighted_kl():
-    teacher = tiny_llama(vocab_size=128, seed=3)
-    student = copy.deepcopy(teacher)
-    results = {}
-    for name, module in student.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".layers." in name:
-            q = DualBinaryColumnQuantizer(*module.weight.shape, 64, 2)
-            module.weight.data = q.quantize_all(module.weight.data)
-            results[name] = QuantResult(q.to_format())
-    gen = torch.Generator().manual_seed(0)
-    windows = torch.randint(0, 128, (8, 16), generator=gen)
-    params = DistillParams(enabled=True, epochs=6, lr=5e-3, batch_size=4, entropy_weight=1.0)
-    before = {n: (r.format.scales.clone(), r.format.planes.clone()) for n, r in results.items()}
-    stats = distill_scales(student, teacher, windows, windows, results, params, gen)  # random text: measure in-sample
-    assert stats["kept"] and stats["loss_after"] < 0.9 * stats["loss_before"]
-    for name, result in results.items():
-        linear = student.get_submodule(name)
-        assert torch.equal(linear.weight.data, result.format.dequantize())  # fake-quant == packed
-        assert result.format.scales.dtype == torch.float16
-        assert torch.equal(result.format.planes, before[name][1])  # only the scales train
-    assert any(not torch.equal(before[n][0], r.format.scales) for n, r in results.items())
-    assert all(p.grad is None for p in student.parameters())
-
-
-def test_plane_linear_gradient_matches_finite_differences():
-    gen = torch.Generator().manual_seed(4)
-    planes = torch.rand(2, 5, 70, generator=gen) > 0.5  # K = 70: a partial last group
-    scales = torch.randn(2, 5, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(3, 70, generator=gen, dtype=torch.float64, requires_grad=True)
-    offset = torch.zeros((), dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x, s: _PlaneLinearFn.apply(x, s, planes, offset, 64), (x, scales))
-
-
-def test_entropy_weight_upweights_uncertain_tokens():
-    teacher = torch.tensor([[[10.0, 0, 0, 0], [0, 0, 0, 0]]])  # confident, then uniform
-    student = torch.tensor([[[9.0, 1, 0, 0], [1, 0, 0, 0]]])
-    plain = entropy_weighted_kl(student, teacher, gamma=0.0)
-    weighted = entropy_weighted_kl(student, teacher, gamma=1.0)
-    assert weighted > plain  # the uniform token's KL counted twice (H = log V)
-
-
 def test_checkpoint_round_trip_matches_in_memory_logits(tiny_llama_dir, text_file, tmp_path):
     import llmbin
     from llmbin.inspect import inspect_checkpoint
     from llmbin.recipe import Recipe
 
-    # distillation on the 4 calibration windows (no held-out ones left: measured in-sample), so it is kept
-    # and the layers written during quantization must be rewritten with the trained scales
-    recipe = Recipe.create("dbllm", {"distill": {"enabled": True, "nsamples": 4, "eval_nsamples": 4, "seqlen": 32,
-                                                 "batch_size": 2, "epochs": 3}},
-                           calibration={"dataset": str(text_file), "nsamples": 4, "seqlen": 32})
+    # the recipe's distill: section trains the scales after the last layer, so the layers written during
+    # quantization must be rewritten with the trained scales
+    recipe = Recipe.create("dbllm", {}, calibration={"dataset": str(text_file), "nsamples": 4, "seqlen": 32},
+                           distill={"enabled": True, "nsamples": 6, "eval_nsamples": 2, "seqlen": 32,
+                                    "batch_size": 2, "epochs": 3, "lr": 0.02, "eval_every": 3})
     out = tmp_path / "packed"
     qm = llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False)
     assert any("(kept)" in r.get("note", "") for r in qm.log.records)
@@ -169,15 +139,24 @@ def test_checkpoint_round_trip_matches_in_memory_logits(tiny_llama_dir, text_fil
     assert report["totals"]["bpw_paper"] == 2.0 and report["totals"]["bpw_all_in"] == 2.5
     card = (out / "README.md").read_text()
     assert "1 + gamma * H_t / log V" in card and "dual binarization" in card
+    assert llmbin.checkpoint.read_quant_config(out)["distill"]["tensors"] == ["bitplane.scales"]
+
+
+def test_legacy_params_distill_reaches_the_distill_section():
+    from llmbin.recipe import Recipe
+
+    r = Recipe.from_dict({"method": "dbllm", "params": {"distill": {"enabled": True, "nsamples": 7}, "refit_iters": 2}})
+    assert r.distill.enabled and r.distill.nsamples == 7 and r.params.refit_iters == 2
+    r = Recipe.create("dbllm", {"distill.enabled": True})
+    assert r.distill.enabled and "distill" not in r.to_dict()["params"]
 
 
 def test_selfgen_distillation_runs_data_free(tiny_llama_dir, text_file):
     import llmbin
     from llmbin.recipe import Recipe
 
-    recipe = Recipe.create("dbllm", {"distill.enabled": True, "distill.data": "selfgen", "distill.nsamples": 2,
-                                     "distill.eval_nsamples": 1, "distill.seqlen": 8, "refit_iters": 1},
-                           calibration={"dataset": str(text_file), "nsamples": 2, "seqlen": 16})
+    recipe = Recipe.create("dbllm", {"refit_iters": 1}, calibration={"dataset": str(text_file), "nsamples": 2, "seqlen": 16},
+                           distill={"enabled": True, "data": "selfgen", "nsamples": 2, "eval_nsamples": 1, "seqlen": 8})
     qm = llmbin.quantize(str(tiny_llama_dir), recipe, verbose=False)
     notes = [r["note"] for r in qm.log.records if "note" in r]
     assert any("distill: held-out loss" in n for n in notes)

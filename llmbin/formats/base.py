@@ -5,9 +5,15 @@ A format is separate from the method that produced it. Every format can
   know every stored tensor's name, dtype and shape before reading it (strict loading),
 - rebuild itself from those tensors (`from_tensors`), and
 - `dequantize()` to a dense float32 weight: the correctness oracle for every kernel.
+
+`float_fields` names the continuous (float16-stored) tensors and how they act: "scale" (multiplies
+the weight, keeps its sign) or "shift" (adds to it). `dequantize` is a differentiable torch function
+of them, so the distillation stage (llmbin/distill) can train them with every integer tensor
+(codes, planes, masks, permutations, zero points) frozen, via `with_floats`.
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -29,6 +35,7 @@ class PackedFormat(ABC):
     name: ClassVar[str]
     version: ClassVar[int]  # the version this llmbin writes
     readable_versions: ClassVar[tuple[int, ...]] = ()  # older versions it still reads (default: only `version`)
+    float_fields: ClassVar[dict[str, str]] = {}  # continuous float16 tensors -> "scale" | "shift"
     out_features: int
     in_features: int
     paper_bits: float
@@ -54,6 +61,17 @@ class PackedFormat(ABC):
     @abstractmethod
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         """Dense weight [out_features, in_features]."""
+
+    def floats(self) -> dict[str, torch.Tensor]:
+        """The continuous tensors this instance has (optional ones may be None and are left out)."""
+        return {n: getattr(self, n) for n in self.float_fields if getattr(self, n) is not None}
+
+    def with_floats(self, **tensors: torch.Tensor) -> "PackedFormat":
+        """The same codes with other continuous tensors (any float dtype; gradients flow through dequantize)."""
+        unknown = set(tensors) - set(self.floats())
+        if unknown:
+            raise ValueError(f"{self.name} has no continuous tensor(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **tensors)
 
     def all_in_bits(self) -> float:
         """Every stored bit of this module divided by the number of weights it replaces."""

@@ -59,8 +59,8 @@ class SparseCorrection:
 
     def to_dense(self, n: int, k: int, dtype=torch.float32) -> torch.Tensor:
         counts = (self.rowptr[1:] - self.rowptr[:-1]).long()
-        rows = torch.repeat_interleave(torch.arange(n), counts)
-        dense = torch.zeros(n, k, dtype=dtype)
+        rows = torch.repeat_interleave(torch.arange(n, device=counts.device), counts)
+        dense = torch.zeros(n, k, dtype=dtype, device=counts.device)
         dense[rows, self.colidx.long()] = self.values.to(dtype)
         return dense
 
@@ -71,6 +71,8 @@ class BitPlaneFormat(PackedFormat):
     name = "bitplane"
     version = 2
     readable_versions = (1, 2)
+    float_fields = {"scales": "scale", "offsets": "shift", "in_scale": "scale", "out_scale": "scale",
+                    "salient_scale": "scale"}  # salient_zero is an integer 0..15 on disk: frozen like the codes
 
     planes: torch.Tensor  # bool [P, N, K_bin]
     scales: torch.Tensor  # fp16 [P, N, ceil(K_bin / G)]
@@ -221,14 +223,14 @@ class BitPlaneFormat(PackedFormat):
         return (self.salient_codes.to(dtype) - self.salient_zero.to(dtype)[:, None]) * self.salient_scale.to(dtype)[:, None]
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        n, k = self.out_features, self.in_features
-        perm = torch.arange(k) if self.perm is None else self.perm.long()
+        n, k, device = self.out_features, self.in_features, self.planes.device
+        perm = torch.arange(k, device=device) if self.perm is None else self.perm.long()
         wb = self.binary_part(dtype)
         if self.out_scale is not None:
             wb = wb * self.out_scale.to(dtype)[:, None]
         if self.in_scale is not None:
             wb = wb * self.in_scale.to(dtype)[perm[: self.k_bin]][None, :]
-        w = torch.zeros(n, k, dtype=dtype)
+        w = torch.zeros(n, k, dtype=dtype, device=device)
         w[:, perm[: self.k_bin]] = wb
         if self.k_salient:
             w[:, perm[self.k_bin:]] = self.salient_part(dtype)

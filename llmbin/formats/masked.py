@@ -33,6 +33,7 @@ def _words(k: int, per: int) -> int:
 class MaskedBinaryFormat(PackedFormat):
     name = "masked"
     version = 1
+    float_fields = {"scales": "scale", "offsets": "shift", "salient_scale": "scale"}  # salient_zero: uint8, frozen
 
     planes: torch.Tensor  # bool [N, K]: sign bits (False under the mask)
     scales: torch.Tensor  # fp16 [N]: A = 2 alpha

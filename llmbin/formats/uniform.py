@@ -22,6 +22,7 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 class UniformFormat(PackedFormat):
     name = "uniform"
     version = 1
+    float_fields = {"scales": "scale"}  # the zero points are uint8 integers on disk: frozen like the codes
 
     codes: torch.Tensor  # int [N, K], values 0 .. 2^bits - 1
     scales: torch.Tensor  # fp16 [N, ng]

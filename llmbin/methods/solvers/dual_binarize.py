@@ -20,18 +20,15 @@ def fp16(x: torch.Tensor) -> torch.Tensor:
     return x.half().float()
 
 
-def init_scales(w: torch.Tensor, mirror: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def init_scales(w: torch.Tensor, negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, G] -> (a1, a2) [N] float16-representable: a1 = 2s, a2 = -s, s = max|w| / 2.
 
-    With `mirror` (an llmbin option, not in the spec), a row whose largest-magnitude weight is negative
-    starts from a1 = -2s, a2 = s instead (levels {-2s, -s, 0, s}), so the lone 2s level is not wasted.
+    `negative` gives the mirrored grid a1 = -2s, a2 = s (levels {-2s, -s, 0, s}): the lone 2s level
+    on the negative side.
     """
     s = fp16(w.abs().amax(dim=1) / 2)
     a1, a2 = 2 * s, -s  # exact in float16 too (a power-of-two multiple)
-    if mirror:
-        flip = -w.amin(dim=1) > w.amax(dim=1)
-        a1, a2 = torch.where(flip, -a1, a1), torch.where(flip, -a2, a2)
-    return a1, a2
+    return (-a1, -a2) if negative else (a1, a2)
 
 
 def levels_of(b1: torch.Tensor, b2: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
@@ -85,9 +82,23 @@ def refit_scales(w, b1, b2, a1, a2, col_weights=None) -> tuple[torch.Tensor, tor
 
 
 def fit_dual(w: torch.Tensor, refit_iters: int = 3, col_weights: torch.Tensor | None = None, mirror: bool = False):
-    """w [N, G] -> (a1, a2) [N]: init, then up to `refit_iters` guarded refit + re-assign rounds."""
+    """w [N, G] -> (a1, a2) [N]: init, then up to `refit_iters` guarded refit + re-assign rounds.
+
+    With `mirror` (llmbin's mirror_init, not in the spec) the whole fit runs from both grid orientations
+    (2s level on the positive or on the negative side) and each row keeps the one with the smaller final
+    (weighted) error, so it can never be worse than the positive-only fit; ties keep the positive one.
+    """
     w = w.float()
-    a1, a2 = init_scales(w, mirror)
+    a1, a2, err = _fit_from(w, *init_scales(w), refit_iters, col_weights)
+    if mirror:
+        m1, m2, merr = _fit_from(w, *init_scales(w, negative=True), refit_iters, col_weights)
+        flip = merr < err
+        a1, a2 = torch.where(flip, m1, a1), torch.where(flip, m2, a2)
+    return a1, a2
+
+
+def _fit_from(w, a1, a2, refit_iters, col_weights):
+    """Guarded refit rounds from the given start -> (a1, a2, per-row error)."""
     code, values = assign_codes(w, *sorted_levels(a1, a2))
     err = _sq_error(w - values, col_weights)
     for _ in range(refit_iters):
@@ -99,7 +110,7 @@ def fit_dual(w: torch.Tensor, refit_iters: int = 3, col_weights: torch.Tensor | 
             break
         a1, a2 = torch.where(better, n1, a1), torch.where(better, n2, a2)
         code, err = torch.where(better[:, None], new_code, code), torch.where(better, new_err, err)
-    return a1, a2
+    return a1, a2, err
 
 
 class DualBinaryColumnQuantizer:

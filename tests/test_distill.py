@@ -1,0 +1,294 @@
+"""The generic distillation stage: loss weighting, disjoint data, frozen codes, packed == trained, CLI errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from llmbin.distill.data import disjoint_windows
+from llmbin.distill.loss import distill_loss, teacher_targets, token_terms
+from llmbin.distill.options import DistillOptions
+from llmbin.distill.trainable import TrainableQuantLinear
+from llmbin.formats import BitPlaneFormat, UniformFormat
+from llmbin.formats.masked import MaskedBinaryFormat
+
+
+def full_kl(student_logits, teacher_logits):
+    """KL(p || q) over the whole vocabulary, straight from the definition."""
+    p = torch.softmax(teacher_logits.double(), -1)
+    return (p * (p.log() - torch.log_softmax(student_logits.double(), -1))).sum(-1)
+
+
+def test_ambiguous_token_kl_term_outweighs_confident_one_with_equal_kl():
+    V = 16
+    gen = torch.Generator().manual_seed(0)
+    confident = torch.zeros(V)
+    confident[3] = 8.0  # the teacher is sure of token 3
+    ambiguous = torch.randn(V, generator=gen) * 0.1  # nearly uniform
+    push = torch.randn(V, generator=gen)
+    amb_student = ambiguous + push
+    target_kl = float(full_kl(amb_student, ambiguous))
+    lo, hi = 0.0, 50.0  # scale the confident token's deviation until its KL equals the ambiguous one's
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(full_kl(confident + mid * push, confident)) < target_kl else (lo, mid)
+    conf_student = confident + lo * push
+    teacher = torch.stack([confident, ambiguous])[None]
+    student = torch.stack([conf_student, amb_student])[None]
+    cache = teacher_targets(teacher, topk=V)
+    weight, kl = token_terms(student, cache, gamma=1.0)
+    torch.testing.assert_close(kl[0, 0], kl[0, 1], rtol=1e-4, atol=1e-6)  # same deviation size
+    assert weight[0, 1] * kl[0, 1] > 1.5 * weight[0, 0] * kl[0, 0]  # the ambiguous token's term dominates
+    # the weight is the documented formula, from the teacher's own entropy
+    p = torch.softmax(teacher[0], -1)
+    entropy = -(p * p.log()).sum(-1)
+    torch.testing.assert_close(weight[0], 1 + entropy / math.log(V))
+    plain = distill_loss(student, cache, None, 1.0, gamma=0.0)
+    weighted = distill_loss(student, cache, None, 1.0, gamma=1.0)
+    torch.testing.assert_close(plain, kl.mean())
+    assert weighted > plain
+
+
+def test_topk_kl_is_exact_at_full_vocab_and_a_lower_bound_below():
+    gen = torch.Generator().manual_seed(1)
+    teacher, student = torch.randn(2, 5, 40, generator=gen) * 3, torch.randn(2, 5, 40, generator=gen) * 3
+    exact = full_kl(student, teacher).float()
+    _, kl_all = token_terms(student, teacher_targets(teacher, topk=40), gamma=0.0)
+    torch.testing.assert_close(kl_all, exact, rtol=1e-4, atol=1e-5)
+    _, kl_top = token_terms(student, teacher_targets(teacher, topk=8), gamma=0.0)
+    assert torch.all(kl_top <= exact + 1e-5) and torch.all(kl_top >= 0)
+    labels = torch.randint(0, 40, (2, 5), generator=gen)
+    with_ce = distill_loss(student, teacher_targets(teacher, topk=40), labels, 1.0, 0.0, ce_weight=0.5)
+    ce = F.cross_entropy(student[:, :-1].reshape(-1, 40), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(with_ce, kl_all.mean() + 0.5 * ce)
+
+
+def test_held_out_windows_never_overlap_training_windows():
+    ids = torch.arange(10_000) * 7 % 9973
+    for seed in range(5):
+        w = disjoint_windows(ids, 20, 4, 128, seed)
+        spans = [(s, s + 128) for s in w.train_starts + w.held_out_starts]
+        covered = torch.zeros(ids.numel(), dtype=torch.int64)
+        for a, b in spans:
+            covered[a:b] += 1
+        assert covered.max() == 1 and len(w.train) == 20 and len(w.held_out) == 4
+        for window, start in zip(torch.cat([w.train, w.held_out]), w.train_starts + w.held_out_starts):
+            assert torch.equal(window, ids[start:start + 128])
+    short = disjoint_windows(ids, 500, 4, 128, 0)  # 78 windows available: fewer training ones, still disjoint
+    assert len(short.train) + len(short.held_out) == 78 and not set(short.train_starts) & set(short.held_out_starts)
+
+
+def formats_for_test():
+    gen = torch.Generator().manual_seed(2)
+    n, k = 6, 70
+    planes = torch.rand(2, n, k - 6, generator=gen) > 0.5
+    perm = torch.randperm(k, generator=gen).to(torch.int32)
+    bitplane = BitPlaneFormat(planes, torch.randn(2, n, 2, generator=gen).half(), torch.randn(n, 2, generator=gen).half(),
+                              64, k, 1.6, in_scale=(torch.rand(k, generator=gen) + 0.5).half(),
+                              out_scale=(torch.rand(n, generator=gen) + 0.5).half(), perm=perm,
+                              salient_codes=torch.randint(0, 16, (n, 6), generator=gen, dtype=torch.uint8),
+                              salient_scale=torch.rand(n, generator=gen).half(),
+                              salient_zero=torch.randint(0, 16, (n,), generator=gen).half())
+    mask = torch.rand(n, k, generator=gen) < 0.1
+    masked = MaskedBinaryFormat(torch.rand(n, k, generator=gen) > 0.5, torch.rand(n, generator=gen).half(),
+                                torch.randn(n, generator=gen).half(), mask,
+                                torch.randint(0, 256, (int(mask.sum()),), generator=gen), torch.rand(n, generator=gen).half(),
+                                torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8), 8, 1.7)
+    uniform = UniformFormat(torch.randint(0, 4, (n, k), generator=gen), torch.rand(n, 2, generator=gen).half(),
+                            torch.randint(0, 4, (n, 2), generator=gen, dtype=torch.uint8), 2, 64)
+    return {"bitplane": bitplane, "masked": masked, "uniform": uniform}
+
+
+@pytest.mark.parametrize("kind", ["bitplane", "masked", "uniform"])
+def test_trainable_linear_starts_at_the_format_and_trains_every_float_tensor(kind):
+    fmt = formats_for_test()[kind]
+    module = TrainableQuantLinear(fmt, torch.randn(fmt.out_features), "cpu")
+    assert torch.equal(module.weight().detach(), fmt.dequantize())
+    x = torch.randn(3, fmt.in_features, generator=torch.Generator().manual_seed(3))
+    module(x).pow(2).sum().backward()
+    assert set(module.deltas) == set(fmt.floats())
+    for name, d in module.deltas.items():
+        assert d.grad is not None and d.grad.abs().sum() > 0, name
+    with torch.no_grad():
+        for d in module.deltas.values():
+            d.add_(0.01 * torch.randn(d.shape, generator=torch.Generator().manual_seed(4)))
+    rounded = module.rounded_format(fmt)
+    module.load_rounded(rounded.floats())
+    assert torch.equal(module.weight().detach(), rounded.dequantize())  # the module computes the packed format
+    for name, t in rounded.floats().items():
+        assert t.dtype == torch.float16 and not torch.equal(t, fmt.floats()[name])
+    for name, t in fmt.tensors().items():  # codes, planes, masks, zeros: byte-identical
+        if name not in fmt.float_fields:
+            assert torch.equal(rounded.tensors()[name], t), name
+
+
+# -- end to end on tiny models ---------------------------------------------------------------
+RECIPES = {
+    "ptq161": ("ptq161", {"epochs": 1, "precision": "fp32"}, "bitplane"),
+    "pbllm": ("pbllm", {}, "masked"),
+    "gptq": ("gptq", {"bits": 2, "group_size": 32}, "uniform"),
+}
+SMALL = dict(nsamples=6, eval_nsamples=2, seqlen=32, epochs=3, batch_size=2, lr=0.02, eval_every=3, save_every=2, topk=64)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, tiny_llama_dir, text_file):
+    import llmbin
+    from llmbin.recipe import Recipe
+
+    made = {}
+
+    def get(label):
+        if label not in made:
+            method, params, _ = RECIPES[label]
+            out = tmp_path_factory.mktemp(label) / "packed"
+            recipe = Recipe.create(method, params, {"dataset": str(text_file), "nsamples": 4, "seqlen": 32})
+            llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False)
+            made[label] = out
+        return made[label]
+    return get
+
+
+def stored_tensors(path):
+    from llmbin.checkpoint import shard_files
+
+    out = {}
+    for shard in shard_files(path):
+        with safe_open(str(shard), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+@pytest.mark.parametrize("label", list(RECIPES))
+def test_distilled_checkpoint_equals_trained_model_and_keeps_codes(label, quantized, tmp_path):
+    import transformers
+
+    import llmbin
+
+    source = quantized(label)
+    out = tmp_path / "distilled"
+    outcome = llmbin.api.distill(source, out, options=DistillOptions(**SMALL), verbose=False)
+    s = outcome.stats
+    assert s["kept"] and s["loss_after"] < s["loss_before"]
+    assert all(t.split(".")[0] == RECIPES[label][2] for t in s["tensors"])
+    ids = torch.randint(0, 49152, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trained = outcome.model(input_ids=ids).logits
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+        before = transformers.AutoModelForCausalLM.from_pretrained(source)(input_ids=ids).logits
+    assert (loaded - trained).abs().max() < 1e-5
+    assert (before - trained).abs().max() > 1e-3  # the distillation did change the model
+    old, new = stored_tensors(source), stored_tensors(out)
+    assert old.keys() == new.keys()
+    changed = 0
+    for key, tensor in old.items():
+        if key.rsplit(".", 1)[-1] in ("scales", "offsets", "in_scale", "out_scale", "salient_scale") and \
+                not key.endswith(("input_layernorm.weight",)):
+            changed += not torch.equal(tensor, new[key])
+            assert new[key].dtype == tensor.dtype == torch.float16
+        else:  # codes, planes, masks, permutations, zero points and every unquantized tensor
+            assert torch.equal(tensor, new[key]), key
+    assert changed > 0
+    config = llmbin.checkpoint.read_quant_config(out)
+    assert config["distill"]["kept"] and config["distill"]["options"]["loss"] == "entropy_kl"
+    assert "1 + gamma * H_t / log V" in (out / "README.md").read_text()
+
+
+def test_missing_teacher_stops_with_one_line_naming_the_flag(quantized, tmp_path, tiny_llama_dir):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from llmbin.cli import main
+
+    source = tmp_path / "moved"
+    shutil.copytree(quantized("gptq"), source)
+    config = json.loads((source / "config.json").read_text())
+    config["quantization_config"]["provenance"]["model"] = str(tmp_path / "gone")
+    (source / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["distill", str(source), "-o", str(out), "-q"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--teacher" in lines[0] and "gone" in lines[0]
+    assert not out.exists() and not (tmp_path / ".out.distill-partial").exists()
+    ok = CliRunner().invoke(main, ["distill", str(source), "-o", str(out), "-q", "--teacher", str(tiny_llama_dir),
+                                   "--set", "nsamples=2", "--set", "eval_nsamples=1", "--set", "seqlen=16"])
+    assert ok.exit_code == 0, ok.output
+    assert out.is_dir()
+
+
+def test_killed_distillation_resumes_from_its_saved_state(quantized, tmp_path, monkeypatch):
+    import llmbin
+    from llmbin.distill.stage import Stage
+
+    source = quantized("gptq")
+    options = dict(SMALL, save_every=1)
+    reference = llmbin.api.distill(source, tmp_path / "ref", options=DistillOptions(**options), verbose=False)
+    real, calls = Stage.batch_loss, []
+
+    def dies_at_step_4(self, ids, target):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt  # a kill in the middle of step 4
+        return real(self, ids, target)
+
+    monkeypatch.setattr(Stage, "batch_loss", dies_at_step_4)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
+    assert not out.exists() and (tmp_path / ".out.distill-partial" / "distill-state.pt").exists()
+    with pytest.raises(llmbin.errors.LlmbinError, match="--resume"):
+        llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
+    monkeypatch.setattr(Stage, "batch_loss", real)
+    resumed = llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False, resume=True)
+    assert resumed.stats["steps"] == reference.stats["steps"] and len(calls) == 4
+    assert resumed.stats["history"] == reference.stats["history"]
+    new, ref = stored_tensors(out), stored_tensors(tmp_path / "ref")
+    assert all(torch.equal(new[k], ref[k]) for k in ref)  # same result as the uninterrupted run
+    assert not (tmp_path / ".out.distill-partial").exists()
+
+
+def test_preflight_refuses_naming_the_flags(quantized, tmp_path):
+    import llmbin
+
+    out = tmp_path / "out"
+    with pytest.raises(llmbin.errors.LlmbinError, match="distill.batch_size, distill.seqlen or distill.topk"):
+        llmbin.api.distill(quantized("gptq"), out, options=DistillOptions(**SMALL), verbose=False, memory_budget_mb=1)
+    assert not out.exists() and not (tmp_path / ".out.distill-partial").exists()
+
+
+def test_quantize_with_distill_section_resumes_a_killed_stage(tiny_llama_dir, text_file, tmp_path, monkeypatch):
+    import llmbin
+    from llmbin.distill.stage import Stage
+    from llmbin.recipe import Recipe
+
+    recipe = Recipe.create("gptq", {"bits": 2, "group_size": 32}, {"dataset": str(text_file), "nsamples": 4, "seqlen": 32},
+                           distill=dict(SMALL, enabled=True, save_every=1))
+    reference = llmbin.quantize(str(tiny_llama_dir), recipe, out=tmp_path / "ref", verbose=False)
+    real, calls = Stage.batch_loss, []
+
+    def dies_at_step_5(self, ids, target):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+        return real(self, ids, target)
+
+    monkeypatch.setattr(Stage, "batch_loss", dies_at_step_5)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False)
+    monkeypatch.setattr(Stage, "batch_loss", real)
+    resumed = llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False, resume=True)
+    notes = [r["note"] for r in resumed.log.records if "note" in r]
+    assert any("resumed at step 4/" in n for n in notes) and any("teacher targets reused" in n for n in notes)
+    assert reference.info["distill"]["kept"] and resumed.info["distill"] == reference.info["distill"]
+    new, ref = stored_tensors(out), stored_tensors(tmp_path / "ref")
+    assert new.keys() == ref.keys() and all(torch.equal(new[k], ref[k]) for k in ref)
+    assert not any(p.name.startswith("distill-") for p in out.iterdir())
