@@ -45,6 +45,9 @@ class LoRAPreprocess:
     r: int = 64
     alpha: float = 16.0
     dropout: float = 0.1
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 4  # calibration windows per step
 
 
 @dataclass
@@ -82,9 +85,9 @@ class PTQ161Params:
             raise LlmbinError(f"ptq161 percdamp={self.percdamp} must be > 0")
         if self.epochs < 0 or self.batch_size < 1:
             raise LlmbinError("ptq161 epochs must be >= 0 and batch_size >= 1")
-        if self.preprocess.enabled:
-            raise LlmbinError("ptq161 preprocess.enabled=true (restorative LoRA before quantization) is not "
-                              "implemented yet; run with preprocess.enabled=false (the paper's PTQ1.61* variant)")
+        pre = self.preprocess
+        if pre.r < 1 or pre.epochs < 1 or pre.batch_size < 1 or pre.lr <= 0 or not 0 <= pre.dropout < 1:
+            raise LlmbinError("ptq161 preprocess needs r, epochs, batch_size >= 1, lr > 0 and dropout in [0, 1)")
 
     def __post_init__(self):
         self.check()
@@ -125,6 +128,9 @@ class PTQ161(QuantMethod):
         params.check()
         super().__init__(params)
         self._fp_chain: torch.Tensor | None = None  # inputs of the current layer on the full-precision chain
+        self.fixed_masks: dict[str, torch.Tensor] = {}  # qualified name -> salient mask (preprocessing's pass 2)
+        self.preprocess_stats: dict = {}
+        self._preprocess_area = None
 
     # -- masks and the fixed parts (signs, 4-bit codes) -------------------------------------------------------
     def salient_mask(self, act: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -248,7 +254,9 @@ class PTQ161(QuantMethod):
             if not names:
                 continue
             act = stats[names[0]].absmax if p.act_stat == "max" else stats[names[0]].absmean
-            mask = self.salient_mask(act, [tuple(ctx.linears[n].weight.shape) for n in names])
+            mask = self.fixed_masks.get(f"{ctx.prefix}.{names[0]}")  # preprocessing: the first pass's mask
+            if mask is None:
+                mask = self.salient_mask(act, [tuple(ctx.linears[n].weight.shape) for n in names])
             gather = None
             for name in names:
                 linear = ctx.linears[name]
@@ -257,6 +265,22 @@ class PTQ161(QuantMethod):
                 modules[name] = StructuredBinaryLinear(sb, linear.bias, gather, p.train_mu)
                 set_submodule(qlayer, name, modules[name])
         return qlayer, modules, metrics
+
+    # -- quantization preprocessing (preprocess.enabled) ------------------------------------------------------
+    def prepare_model(self, model, ctx, work, quantize_pass) -> None:
+        """Pass 1 (this method without preprocessing), a LoRA trained on the fake-quantized model, merged into
+        the full-precision weights; the pipeline's own pass then quantizes the merged model with pass 1's masks.
+        Pass 1's layers and the trained update live in the work area, so --resume redoes neither."""
+        from .ptq161_preprocess import run_preprocess
+
+        if self.params.preprocess.enabled:
+            self.fixed_masks, self.preprocess_stats, self._preprocess_area = run_preprocess(
+                self, model, ctx, work, quantize_pass)
+
+    def on_model_end(self, model, ctx) -> bool:
+        if self._preprocess_area is not None:  # pass 2 is complete: pass 1's layers must not enter the checkpoint
+            self._preprocess_area.discard()
+        return False
 
     def on_layer_skipped(self, ctx) -> None:
         """Resume: advance the full-precision chain through this layer (its weights are still full precision)."""
@@ -267,7 +291,12 @@ class PTQ161(QuantMethod):
         share = (f"{p.salient_ratio:.0%} of input channels" if p.salient_ratio is not None else
                  f"the input channels a budget of {p.bpw} all-in bits per linear allows (quant_log: salient_ratio)")
         signs = "GPTQ error feedback (binarized columns first, salient last)" if p.sign_fix == "gptq" else "plain rounding"
-        return (f"PTQ1.61 without quantization preprocessing (PTQ1.61*): {share} (by {p.act_stat} |x|) at 4 bits "
+        pre = p.preprocess
+        variant = (f"PTQ1.61 with quantization preprocessing (LoRA r {pre.r}, alpha {pre.alpha}, {pre.epochs} epoch(s) on "
+                   f"the calibration text, merged, then quantized again with the first pass's masks; causal-LM loss "
+                   f"{self.preprocess_stats.get('loss_before')} -> {self.preprocess_stats.get('loss_after')})"
+                   if pre.enabled else "PTQ1.61 without quantization preprocessing (PTQ1.61*)")
+        return (f"{variant}: {share} (by {p.act_stat} |x|) at 4 bits "
                 f"(range of {'the salient columns' if p.salient_grid == 'salient' else 'the entire row'}), the rest "
                 f"binarized; signs and codes by {signs}; scales block-trained "
                 f"({p.epochs} epochs, lr {p.lr_alpha}/{p.lr_rowcol}, {p.lr_schedule}).")
