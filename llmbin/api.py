@@ -136,7 +136,14 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
         work = WorkArea(out, fingerprint, resume=resume, overwrite=overwrite)
     log = QuantLog(verbose=verbose)
     try:
-        results = quantize_model(model, method, windows, recipe.pipeline, recipe.calibration.seed, log, work, stream)
+        def quantize_pass(pass_method, pass_work):
+            return quantize_model(model, pass_method, windows, recipe.pipeline, recipe.calibration.seed, log, pass_work,
+                                  stream)
+
+        stage = ModelContext(model_ref, tokenizer, windows, device, torch.Generator().manual_seed(recipe.calibration.seed),
+                             log, {})
+        method.prepare_model(model, stage, work, quantize_pass)
+        results = quantize_pass(method, work)
         generator = torch.Generator().manual_seed(recipe.calibration.seed)
         changed = method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
         distill_stats = _distill_stage(model, results, model_ref, tokenizer, recipe, device, log, work)

@@ -34,6 +34,8 @@ def inspect_checkpoint(path: str | Path) -> dict:
         row = {"module": name, "format": meta["format"], "shape": [meta["out_features"], meta["in_features"]],
                "bits_paper": meta["paper_bits"], "bits_all_in": round(8 * nbytes / n, 4), "bytes": nbytes,
                "backend_cpu": backend.name}
+        if meta.get("format") == "bitplane" and meta.get("k_salient"):  # PTQ1.61: the chosen salient share
+            row["salient_ratio"] = round(meta["k_salient"] / meta["in_features"], 4)
         form = meta.get("salient_form") or ("sparse" if meta.get("sparse_nnz") is not None else None)
         if form:
             row["salient_form"] = form
@@ -54,8 +56,10 @@ def render(report: dict) -> str:
              f"{'module':48s} {'format':9s} {'shape':>12s} {'paper':>6s} {'all-in':>7s} {'bytes':>9s}  backend(cpu)"]
     for r in report["modules"]:
         shape = "x".join(map(str, r["shape"]))
+        extras = ("  salient: " + r["salient_form"] if "salient_form" in r else "") + (
+            f"  salient ratio {r['salient_ratio']}" if "salient_ratio" in r else "")
         lines.append(f"{r['module']:48s} {r['format']:9s} {shape:>12s} {r['bits_paper']:6.3f} {r['bits_all_in']:7.3f} "
-                     f"{r['bytes']:9d}  {r['backend_cpu']}{'  salient: ' + r['salient_form'] if 'salient_form' in r else ''}")
+                     f"{r['bytes']:9d}  {r['backend_cpu']}{extras}")
     t = report["totals"]
     lines.append(f"totals: {t['modules']} modules, bpw_paper {t['bpw_paper']}, bpw_all_in {t['bpw_all_in']}, "
                  f"quantized {t['quantized_bytes'] / 2**20:.2f} MiB (float16 {t['quantized_fp16_bytes'] / 2**20:.2f} MiB), "

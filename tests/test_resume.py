@@ -102,7 +102,7 @@ def test_ptq161_resume_after_a_failure_matches_uninterrupted(tiny_llama_dir, tex
     """PTQ1.61 carries a full-precision chain across layers: a resumed run must rebuild it for skipped layers."""
     from llmbin.methods.ptq161 import PTQ161
 
-    recipe = Recipe.create("ptq161", {"epochs": 1}, calibration={"dataset": str(text_file), "nsamples": 4, "seqlen": 32})
+    recipe = Recipe.create("ptq161", {"epochs": 1, "bpw": 3.0}, calibration={"dataset": str(text_file), "nsamples": 4, "seqlen": 32})
     llmbin.quantize(str(tiny_llama_dir), recipe, out=tmp_path / "whole", verbose=False)
     original = PTQ161.quantize_layer
 

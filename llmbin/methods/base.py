@@ -63,6 +63,10 @@ class QuantMethod:
             for name in group:
                 ctx.quantize_one(name, stats[name], self)
 
+    def prepare_model(self, model, ctx, work, quantize_pass) -> None:
+        """A stage before the layer-by-layer pass (PTQ1.61's preprocessing). `quantize_pass(method, work_area)`
+        runs the pipeline over the model with another method instance and returns its results."""
+
     def on_layer_skipped(self, ctx) -> None:
         """A resumed run restores this layer from the work area instead of quantizing it."""
 

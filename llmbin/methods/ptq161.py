@@ -1,10 +1,14 @@
 """PTQ1.61 (ACL 2025): structured salient-channel mask, 4-bit salient channels, block-trained binarization scales.
 
 Per decoder layer:
-1. mask: per linear input, act[c] = max (or mean) |x_c| over the calibration tokens; the top
-   ceil(ratio * K) channels are salient; linears sharing an input (q/k/v, gate/up) share one mask;
-2. salient columns: 4-bit per-row min-max RTN (range of the entire row); the others:
-   r1 r2^T * (alpha * sign(W - mu) + mu) with mu frozen and alpha, r1, r2 learnable;
+1. mask: per linear input, act[c] = max (or mean) |x_c| over the calibration tokens; the top channels
+   are salient: ceil(salient_ratio * K) when a ratio is set, else as many as keep every linear of the
+   group within `bpw` all-in bits (solvers/salient_budget.py); linears sharing an input (q/k/v, gate/up)
+   share one mask;
+2. salient columns: 4-bit per-row min-max (range of the salient columns, or of the entire row as the
+   reference); the others: r1 r2^T * (alpha * sign(W - mu) + mu) with mu frozen and alpha, r1, r2 learnable;
+   the signs and 4-bit codes come from the GPTQ column loop on the input Hessian (sign_fix=gptq,
+   solvers/structured_feedback.py) or plain rounding;
 3. block-wise training of alpha, r1, r2 against Y_fp (full-precision layer on the full-precision chain)
    and Y_fq (full-precision layer on the quantized chain), see solvers/block_training.py.
 The method keeps the full-precision chain itself (`_fp_chain`), one tensor of layer inputs.
@@ -25,6 +29,8 @@ from ..models.walk import layer_output, set_submodule
 from ..stats import InputStats
 from .base import QuantMethod, QuantResult, register_method
 from .solvers.block_training import ChannelGather, StructuredBinaryLinear, TrainConfig, evaluate_block, train_block
+from .solvers.salient_budget import salient_count_for_budget
+from .solvers.structured_feedback import gptq_signs, hessian_error
 from .solvers.structured_mask import StructuredBinary, salient_channel_mask
 
 
@@ -39,12 +45,19 @@ class LoRAPreprocess:
     r: int = 64
     alpha: float = 16.0
     dropout: float = 0.1
+    epochs: int = 1
+    lr: float = 1e-3  # high for LoRA, because the protocol's 128 windows give few steps (64 at batch 2)
+    batch_size: int = 2  # calibration windows per step
 
 
 @dataclass
 class PTQ161Params:
     act_stat: str = "max"  # max (reference code) | mean (paper's pseudocode) of |x_c|
-    salient_ratio: float = 0.2
+    salient_ratio: float | None = None  # fraction of salient input channels; set, it overrides bpw
+    bpw: float = 1.65  # all-in bits per weight every quantized linear stays within (picks the salient count)
+    sign_fix: str = "gptq"  # gptq: signs and 4-bit codes by the GPTQ column loop (Hessian error feedback) | plain
+    salient_grid: str = "salient"  # salient: 4-bit range of the salient columns | row: of the entire row (reference)
+    percdamp: float = 0.1  # GPTQ damping of sign_fix=gptq (0.1, not 0.01: down_proj's Hessian overfits few windows)
     epochs: int = 20
     lr_alpha: float = 5e-4
     lr_rowcol: float = 1e-3
@@ -60,17 +73,21 @@ class PTQ161Params:
     def check(self) -> None:
         choices = {"act_stat": ("max", "mean"), "lr_schedule": ("constant", "cosine"),
                    "alpha_init": ("mean_abs", "lsq"), "precision": ("auto", "bf16", "fp32"),
-                   "mse": ("absolute", "relative")}
+                   "mse": ("absolute", "relative"), "sign_fix": ("gptq", "plain"), "salient_grid": ("salient", "row")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise LlmbinError(f"ptq161 {key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
-        if not 0 <= self.salient_ratio < 1:
-            raise LlmbinError(f"ptq161 salient_ratio={self.salient_ratio} must be in [0, 1)")
+        if self.salient_ratio is not None and not 0 <= self.salient_ratio < 1:
+            raise LlmbinError(f"ptq161 salient_ratio={self.salient_ratio} must be in [0, 1) (or null: chosen by bpw)")
+        if not 1 <= self.bpw <= 5:
+            raise LlmbinError(f"ptq161 bpw={self.bpw} must be in [1, 5] (all-in bits per weight, e.g. bpw=1.61)")
+        if self.percdamp <= 0:
+            raise LlmbinError(f"ptq161 percdamp={self.percdamp} must be > 0")
         if self.epochs < 0 or self.batch_size < 1:
             raise LlmbinError("ptq161 epochs must be >= 0 and batch_size >= 1")
-        if self.preprocess.enabled:
-            raise LlmbinError("ptq161 preprocess.enabled=true (restorative LoRA before quantization) is not "
-                              "implemented yet; run with preprocess.enabled=false (the paper's PTQ1.61* variant)")
+        pre = self.preprocess
+        if pre.r < 1 or pre.epochs < 1 or pre.batch_size < 1 or pre.lr <= 0 or not 0 <= pre.dropout < 1:
+            raise LlmbinError("ptq161 preprocess needs r, epochs, batch_size >= 1, lr > 0 and dropout in [0, 1)")
 
     def __post_init__(self):
         self.check()
@@ -111,16 +128,40 @@ class PTQ161(QuantMethod):
         params.check()
         super().__init__(params)
         self._fp_chain: torch.Tensor | None = None  # inputs of the current layer on the full-precision chain
+        self.fixed_masks: dict[str, torch.Tensor] = {}  # qualified name -> salient mask (preprocessing's pass 2)
+        self.preprocess_stats: dict = {}
+        self._preprocess_area = None
+
+    # -- masks and the fixed parts (signs, 4-bit codes) -------------------------------------------------------
+    def salient_mask(self, act: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """The shared mask of linears [N_i, K] reading one input: an explicit salient_ratio, else as many
+        salient channels as the bpw budget allows every one of them (solvers/salient_budget.py)."""
+        p = self.params
+        if p.salient_ratio is not None:
+            return salient_channel_mask(act, p.salient_ratio)
+        return salient_channel_mask(act, None, salient_count_for_budget(tuple(shapes), p.bpw))
+
+    def initial(self, weight: torch.Tensor, mask: torch.Tensor, hessian: torch.Tensor | None):
+        """-> (StructuredBinary before training, metrics): plain signs, then GPTQ's where sign_fix=gptq."""
+        p = self.params
+        sb = StructuredBinary.init(weight, mask, p.alpha_init, p.salient_grid)
+        if hessian is None:
+            return sb, {}
+        metrics = {"herr_plain": round(hessian_error(weight, sb.dequantize(), hessian), 5)}
+        if p.sign_fix == "gptq":
+            sb = gptq_signs(sb, weight, hessian, p.percdamp)
+            metrics["herr_gptq"] = round(hessian_error(weight, sb.dequantize(), hessian), 5)
+        return sb, metrics
 
     # -- single linears (no training): the data-free fallback and direct use ---------------------------------
     def quantize_linear(self, name, weight, stats, generator) -> QuantResult:
         act = stats.absmax if self.params.act_stat == "max" else stats.absmean
-        sb = StructuredBinary.init(weight, salient_channel_mask(act, self.params.salient_ratio), self.params.alpha_init)
-        return QuantResult(sb.rounded().to_format(), {"paper_bits": round(sb.paper_bits(), 4)})
+        sb, metrics = self.initial(weight, self.salient_mask(act, [tuple(weight.shape)]), stats.hessian)
+        return QuantResult(sb.rounded().to_format(), {"paper_bits": round(sb.paper_bits(), 4), **metrics})
 
     def fallback_linear(self, name, weight) -> QuantResult:
-        mask = salient_channel_mask(weight.float().norm(dim=0), self.params.salient_ratio)  # no inputs: column norms
-        sb = StructuredBinary.init(weight, mask, self.params.alpha_init)
+        mask = self.salient_mask(weight.float().norm(dim=0), [tuple(weight.shape)])  # no inputs: column norms
+        sb = StructuredBinary.init(weight, mask, self.params.alpha_init, self.params.salient_grid)
         return QuantResult(sb.rounded().to_format(), {"fallback": "untrained, mask by weight column norm"})
 
     # -- one decoder layer ------------------------------------------------------------------------------------
@@ -141,7 +182,7 @@ class PTQ161(QuantMethod):
         x_q = torch.cat([h for h, _, _ in batches]).float()
         del batches
         _, args, kwargs = next(iter(ctx.batches()))
-        qlayer, modules = self._quantized_copy(ctx, stats, dtype)
+        qlayer, modules, init_metrics = self._quantized_copy(ctx, stats, dtype)
         calls: dict[int, tuple] = {}
 
         def run(x):
@@ -162,7 +203,8 @@ class PTQ161(QuantMethod):
             sb = module.export()
             ctx.apply(name, QuantResult(sb.rounded().to_format(), {"paper_bits": round(sb.paper_bits(), 4)}))
             ctx.log.module(module=f"{ctx.prefix}.{name}", layer=ctx.index, format="bitplane",
-                           k_salient=sb.k_salient, paper_bits=round(sb.paper_bits(), 4),
+                           k_salient=sb.k_salient, salient_ratio=round(sb.k_salient / sb.perm.numel(), 4),
+                           paper_bits=round(sb.paper_bits(), 4), **init_metrics[name],
                            alpha=round(sb.alpha.mean().item(), 5), r1=round(sb.r1.mean().item(), 4),
                            r2=round(sb.r2.mean().item(), 4))
         for name in set(ctx.linears) - set(modules):
@@ -180,8 +222,9 @@ class PTQ161(QuantMethod):
     def _targets_and_stats(self, ctx, batches, dtype):
         """Y_fq = FP layer on the quantized chain, observing each input group's |x| statistics on the way."""
         handles, stats = [], {}
+        want = {"hessian"} if self.params.sign_fix == "gptq" else set()
         for group in ctx.groups:
-            s = InputStats(ctx.linears[group[0]].in_features, set(), ctx.device)
+            s = InputStats(ctx.linears[group[0]].in_features, want, ctx.device)
             handles.append(ctx.linears[group[0]].register_forward_hook(lambda _m, inp, _o, s=s: s.update(inp[0])))
             stats.update({n: s for n in group})
         try:
@@ -205,21 +248,39 @@ class PTQ161(QuantMethod):
         p = self.params
         qlayer = copy.deepcopy(ctx.layer).float()
         qlayer.requires_grad_(False)
-        modules = {}
+        modules, metrics = {}, {}
         for group in ctx.groups:
             names = [n for n in group if stats[n].tokens > 0]
             if not names:
                 continue
             act = stats[names[0]].absmax if p.act_stat == "max" else stats[names[0]].absmean
-            mask = salient_channel_mask(act, p.salient_ratio)
+            mask = self.fixed_masks.get(f"{ctx.prefix}.{names[0]}")  # preprocessing: the first pass's mask
+            if mask is None:
+                mask = self.salient_mask(act, [tuple(ctx.linears[n].weight.shape) for n in names])
             gather = None
             for name in names:
                 linear = ctx.linears[name]
-                sb = StructuredBinary.init(linear.weight.data, mask, p.alpha_init)
+                sb, metrics[name] = self.initial(linear.weight.data, mask, stats[name].hessian)
                 gather = gather or ChannelGather(sb.perm.to(ctx.device), dtype)
                 modules[name] = StructuredBinaryLinear(sb, linear.bias, gather, p.train_mu)
                 set_submodule(qlayer, name, modules[name])
-        return qlayer, modules
+        return qlayer, modules, metrics
+
+    # -- quantization preprocessing (preprocess.enabled) ------------------------------------------------------
+    def prepare_model(self, model, ctx, work, quantize_pass) -> None:
+        """Pass 1 (this method without preprocessing), a LoRA trained on the fake-quantized model, merged into
+        the full-precision weights; the pipeline's own pass then quantizes the merged model with pass 1's masks.
+        Pass 1's layers and the trained update live in the work area, so --resume redoes neither."""
+        from .ptq161_preprocess import run_preprocess
+
+        if self.params.preprocess.enabled:
+            self.fixed_masks, self.preprocess_stats, self._preprocess_area = run_preprocess(
+                self, model, ctx, work, quantize_pass)
+
+    def on_model_end(self, model, ctx) -> bool:
+        if self._preprocess_area is not None:  # pass 2 is complete: pass 1's layers must not enter the checkpoint
+            self._preprocess_area.discard()
+        return False
 
     def on_layer_skipped(self, ctx) -> None:
         """Resume: advance the full-precision chain through this layer (its weights are still full precision)."""
@@ -227,6 +288,15 @@ class PTQ161(QuantMethod):
 
     def model_card_notes(self) -> str:
         p = self.params
-        return (f"PTQ1.61 without quantization preprocessing (PTQ1.61*): {p.salient_ratio:.0%} of input channels "
-                f"(by {p.act_stat} |x|) at 4 bits, the rest binarized with block-trained scales "
+        share = (f"{p.salient_ratio:.0%} of input channels" if p.salient_ratio is not None else
+                 f"the input channels a budget of {p.bpw} all-in bits per linear allows (quant_log: salient_ratio)")
+        signs = "GPTQ error feedback (binarized columns first, salient last)" if p.sign_fix == "gptq" else "plain rounding"
+        pre = p.preprocess
+        variant = (f"PTQ1.61 with quantization preprocessing (LoRA r {pre.r}, alpha {pre.alpha}, {pre.epochs} epoch(s) on "
+                   f"the calibration text, merged, then quantized again with the first pass's masks; causal-LM loss "
+                   f"{self.preprocess_stats.get('loss_before')} -> {self.preprocess_stats.get('loss_after')})"
+                   if pre.enabled else "PTQ1.61 without quantization preprocessing (PTQ1.61*)")
+        return (f"{variant}: {share} (by {p.act_stat} |x|) at 4 bits "
+                f"(range of {'the salient columns' if p.salient_grid == 'salient' else 'the entire row'}), the rest "
+                f"binarized; signs and codes by {signs}; scales block-trained "
                 f"({p.epochs} epochs, lr {p.lr_alpha}/{p.lr_rowcol}, {p.lr_schedule}).")

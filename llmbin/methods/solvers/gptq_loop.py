@@ -59,16 +59,23 @@ def single_thread():
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: ColumnQuantizer, blocksize: int = 128,
-                  percdamp: float = 0.01, act_order: bool = False, static_groups: bool = False):
+                  percdamp: float = 0.01, act_order: bool = False, static_groups: bool = False,
+                  order: torch.Tensor | None = None):
     """-> (Q dequantized [N, K] float32 in the original column order, loss = sum (w-q)^2 / U_ii^2 / 2).
 
     With act_order, columns are visited by decreasing H_jj; group parameters are then fitted once on
     the original weights (static groups) because groups stay contiguous in the stored layout.
+    `order` (a permutation of the columns, e.g. PTQ1.61's binarized-then-salient layout) fixes the
+    visiting order explicitly; groups are then static too.
     """
     W, H, _ = prepare_hessian(weight, hessian, percdamp)
     n_cols = W.shape[1]
     g = quantizer.group_size
-    if act_order:
+    if order is not None:
+        if act_order or sorted(order.tolist()) != list(range(n_cols)):
+            raise LlmbinError("gptq_quantize: order must be a permutation of the columns and excludes act_order")
+        static_groups, order = True, order.long()
+    elif act_order:
         static_groups = True
         order = torch.argsort(torch.diag(H), descending=True)
     else:

@@ -24,11 +24,11 @@ def salient_count(in_features: int, ratio: float) -> int:
     return min(in_features, math.ceil(round(ratio * in_features, 9)))  # round: 0.1 * 30 must give 3, not 4
 
 
-def salient_channel_mask(act: torch.Tensor, ratio: float) -> torch.Tensor:
-    """bool [K]: the ceil(ratio * K) channels with the largest statistic (ties: lower index first)."""
+def salient_channel_mask(act: torch.Tensor, ratio: float | None, count: int | None = None) -> torch.Tensor:
+    """bool [K]: the ceil(ratio * K) (or `count`) channels with the largest statistic (ties: lower index first)."""
     mask = torch.zeros(act.numel(), dtype=torch.bool)
     order = torch.sort(act.float().cpu(), descending=True, stable=True).indices
-    mask[order[:salient_count(act.numel(), ratio)]] = True
+    mask[order[:salient_count(act.numel(), ratio) if count is None else count]] = True
     return mask
 
 
@@ -59,8 +59,11 @@ class StructuredBinary:
         return self.salient_codes.shape[1]
 
     @classmethod
-    def init(cls, weight: torch.Tensor, mask: torch.Tensor, alpha_init: str = "mean_abs") -> "StructuredBinary":
-        """alpha_init: mean_abs = mean |w| (reference code); lsq = mean |w - mu| (least squares for fixed signs)."""
+    def init(cls, weight: torch.Tensor, mask: torch.Tensor, alpha_init: str = "mean_abs",
+             salient_grid: str = "row") -> "StructuredBinary":
+        """alpha_init: mean_abs = mean |w| (reference code); lsq = mean |w - mu| (least squares for fixed signs).
+        salient_grid: row = the 4-bit range of the entire row (reference code); salient = of the salient
+        columns only (the values it actually has to represent: a finer grid)."""
         w = weight.float().cpu()
         perm = mask_order(mask)
         k_bin = int((~mask).sum())
@@ -68,7 +71,7 @@ class StructuredBinary:
         mu = wb.mean(1)
         signs = torch.where(wb >= mu[:, None], 1.0, -1.0)
         alpha = (wb - mu[:, None] if alpha_init == "lsq" else wb).abs().mean(1)
-        scale, zero = minmax_params(w, SALIENT_BITS)  # the range of the entire row, salient and not
+        scale, zero = minmax_params(ws if salient_grid == "salient" and ws.shape[1] else w, SALIENT_BITS)
         codes = quantize_codes(ws, scale[:, None], zero[:, None], SALIENT_BITS).to(torch.uint8)
         return cls(perm, signs, mu, alpha, torch.ones(w.shape[0]), torch.ones(k_bin), codes, scale, zero)
 
@@ -106,7 +109,7 @@ class StructuredBinary:
         return BitPlaneFormat(
             planes=(self.signs > 0)[None], scales=a.half()[None, :, None], offsets=c.half()[:, None],
             group_size=max(self.k_bin, 1), in_features=self.perm.numel(), paper_bits=self.paper_bits(),
-            in_scale=in_scale.half(), perm=self.perm.to(torch.int32),
+            in_scale=in_scale.half(), perm=self.perm.to(torch.int32) if salient else None,  # none salient: identity
             salient_codes=self.salient_codes if salient else None,
             salient_scale=self.salient_scale.half() if salient else None,
             salient_zero=self.salient_zero.half() if salient else None)
