@@ -1,9 +1,9 @@
-"""How tests/data/v1-checkpoint was made: llmbin at commit b893183 (checkpoint format_version 1, before
+"""How tests/data/v1-checkpoint was made: llmbin main at commit 6c8f8db (checkpoint format_version 1, before
 issue 17), a tiny random tied Llama (vocab 256) with GPTQ 2-bit g32 on every decoder linear, embeddings
 stored float32. `v1-expected.safetensors` holds the in-memory fake-quant model's logits for its `ids`, so a
 later llmbin must load the directory and reproduce them.
 
-Run from the repository root: python tests/data/make_v1_checkpoint.py (it writes tests/data/v1-checkpoint).
+Run from the repository root: PYTHONPATH=$PWD python tests/data/make_v1_checkpoint.py (it writes tests/data/v1-checkpoint).
 It is kept for provenance; rerunning it with a newer llmbin writes a NEWER format, not version 1.
 """
 import shutil
