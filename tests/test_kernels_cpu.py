@@ -125,3 +125,22 @@ def test_bench_command_writes_rows(isas, tmp_path):
     assert {(m, c) for m in (1, 4) for c in ("F.linear fp32", "F.linear bf16", "cpu P1", "torch P1")} <= cands
     assert all(r["time_us"] > 0 and r["speedup_vs_fp32"] > 0 for r in rows)
     assert "| 64x256 | 1 | cpu P1 |" in result.output
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 32), (4, 64), (4, -1), (8, -1), (8, 128)])
+@pytest.mark.parametrize("n,k", [(7, 32), (257, 544), (64, 96)])
+def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
+    """Integer layers (GPTQ/RTN, packed embeddings and heads) as one bit plane per code bit, vs fp32 math."""
+    from llmbin.methods.rtn import rtn_format
+
+    fmt = rtn_format(torch.randn(n, k), bits, group)
+    module = QuantLinear.from_format(fmt)
+    assert module.backend(torch.float32).name == "cpu"
+    state, w = cpu.prepare_state(module), fmt.dequantize()
+    for m in (1, 3, 33):
+        for dtype in DTYPES:
+            x = torch.randn(m, k).to(dtype)
+            ref = reference(w, x)
+            for isa in isas:
+                err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref, w, x)
+                assert err <= TOL[dtype], f"{isa} {bits}-bit g{group} M={m} {dtype}: rel err {err:.2e}"
