@@ -60,6 +60,17 @@ def check_options(options) -> None:
         raise LlmbinError(f"pipeline.head_windows must be >= 1, not {options.head_windows}")
 
 
+def lookup_scale(module: nn.Module) -> float | None:
+    """What a token-embedding module multiplies looked-up rows by: 1 for nn.Embedding, embed_scale for the
+    scaled embeddings of Gemma-like models, None for any other forward (left unquantized: its math is unknown)."""
+    if type(module).forward is nn.Embedding.forward:
+        return 1.0
+    if type(module).__name__.endswith("ScaledWordEmbedding") and hasattr(module, "embed_scale"):
+        scalar = getattr(module, "scalar_embed_scale", None)  # a plain float: readable while loading on meta
+        return float(scalar if scalar is not None else module.embed_scale)
+    return None
+
+
 def _name_of(model: nn.Module, module: nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is module)
 
@@ -134,10 +145,18 @@ def quantize_embeddings(model: nn.Module, options, windows: torch.Tensor, log, s
             log.note(f"output head: input statistics from {stats.tokens} tokens in {time.perf_counter() - start:.1f} s")
     dtype = inp.weight.dtype
     in_name = _name_of(model, inp)
+    scale = lookup_scale(inp)
+    if emb is not None and scale is None:
+        log.note(f"{in_name} ({type(inp).__name__}) has its own forward; it stays in float"
+                 + (" and so does the head tied to it" if tied else ""))
+        record["kept_float"] = f"{in_name}: {type(inp).__name__} has its own forward"
+        if tied:
+            return record
+        emb = None
     if tied:
         start = time.perf_counter()
         fmt, metrics = quantize_matrix(inp.weight, *emb, stats)
-        packed = QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype).to(inp.weight.device)
+        packed = QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype, scale).to(inp.weight.device)
         out_name = _name_of(model, out)
         set_submodule(model, in_name, packed)
         set_submodule(model, out_name, TiedQuantHead(packed))
@@ -150,7 +169,7 @@ def quantize_embeddings(model: nn.Module, options, windows: torch.Tensor, log, s
     if emb is not None:
         start = time.perf_counter()
         fmt, metrics = quantize_matrix(inp.weight, *emb, None)
-        set_submodule(model, in_name, QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype)
+        set_submodule(model, in_name, QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype, scale)
                       .to(inp.weight.device))
         record["input"] = {"module": in_name, "meta": fmt.meta()}
         log.module(module=in_name, format=fmt.name, bits=fmt.bits, group_size=fmt.group_size,
@@ -189,7 +208,7 @@ def install_packed_embeddings(model: nn.Module, record: dict | None) -> None:
         old = model.get_submodule(inp["module"])
         old_w = getattr(old, "weight", None)
         packed = QuantEmbedding(inp["meta"], getattr(old, "padding_idx", None),
-                                old_w.dtype if old_w is not None else torch.float32)
+                                old_w.dtype if old_w is not None else torch.float32, lookup_scale(old) or 1.0)
         packed._is_hf_initialized = True
         set_submodule(model, inp["module"], packed)
     if out:

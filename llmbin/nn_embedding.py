@@ -16,15 +16,18 @@ from .nn import QuantLinear
 
 
 class QuantEmbedding(QuantLinear):
-    def __init__(self, meta: dict, padding_idx: int | None = None, out_dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, meta: dict, padding_idx: int | None = None, out_dtype: torch.dtype = torch.float32,
+                 embed_scale: float = 1.0, device=None):
         super().__init__(meta, bias=False, device=device)
         self.num_embeddings, self.embedding_dim = meta["out_features"], meta["in_features"]
         self.padding_idx = padding_idx
         self.out_dtype = out_dtype  # the vectors are returned in the model's compute dtype
+        self.embed_scale = embed_scale  # what the replaced module multiplied rows by (Gemma: sqrt(hidden))
 
     @classmethod
-    def from_format(cls, fmt, padding_idx: int | None = None, out_dtype: torch.dtype = torch.float32) -> "QuantEmbedding":
-        module = cls(fmt.meta(), padding_idx, out_dtype)
+    def from_format(cls, fmt, padding_idx: int | None = None, out_dtype: torch.dtype = torch.float32,
+                    embed_scale: float = 1.0) -> "QuantEmbedding":
+        module = cls(fmt.meta(), padding_idx, out_dtype, embed_scale)
         for name, tensor in fmt.tensors().items():
             getattr(module, name).copy_(tensor)
         return module
@@ -40,10 +43,12 @@ class QuantEmbedding(QuantLinear):
         scales = self.scales[flat].float().repeat_interleave(g, dim=1)[:, :dim]
         zeros = self.zeros[flat].float().repeat_interleave(g, dim=1)[:, :dim]
         rows = (codes - zeros) * scales  # float32, the same arithmetic as UniformFormat.dequantize
+        if self.embed_scale != 1.0:
+            rows = rows * self.embed_scale
         return rows.to(self.out_dtype).view(*ids.shape, dim)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., dim] -> logits [..., vocab]: the matrix used as an output head."""
+        """x [..., dim] -> logits [..., vocab]: the matrix (without embed_scale) used as an output head."""
         return QuantLinear.forward(self, x)
 
     def extra_repr(self) -> str:
