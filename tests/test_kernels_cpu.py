@@ -71,7 +71,10 @@ def test_rejects_what_it_cannot_run(isas):
     meta = make_format(8, 64, 32, 1, "plain").meta()
     assert backend.supports(meta, torch.device("cpu"), torch.float32) is None
     assert "CPU" in backend.supports(meta, torch.device("cuda"), torch.float32)
-    assert "bitplane" in backend.supports({**meta, "format": "uniform"}, torch.device("cpu"), torch.float32)
+    assert "bitplane and uniform" in backend.supports({**meta, "format": "masked"}, torch.device("cpu"), torch.float32)
+    uniform = {"format": "uniform", "version": 1, "out_features": 8, "in_features": 64, "bits": 4, "group_size": 32}
+    assert backend.supports(uniform, torch.device("cpu"), torch.float32) is None
+    assert "bits" in backend.supports({**uniform, "bits": 16}, torch.device("cpu"), torch.float32)
     assert "float64" in backend.supports(meta, torch.device("cpu"), torch.float64)
     assert "planes" in backend.supports({**meta, "num_planes": 5}, torch.device("cpu"), torch.float32)
 

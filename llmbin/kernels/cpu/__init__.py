@@ -118,6 +118,8 @@ class CpuBackend:
             return f"handles the bitplane and uniform formats only, not {meta.get('format')}"
         if dtype not in self.dtypes:
             return f"activations must be float32/float16/bfloat16, not {dtype}"
+        if meta["format"] == "uniform" and not 1 <= meta["bits"] <= 8:
+            return f"handles 1 to 8 bit integer codes, not {meta['bits']} bits"
         if meta["format"] == "bitplane" and not 1 <= meta["num_planes"] <= 4:
             return f"handles 1 to 4 planes, not {meta['num_planes']}"
         if load_extension() is None:
