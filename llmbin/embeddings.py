@@ -32,7 +32,8 @@ from .nn import QuantLinear
 from .nn_embedding import QuantEmbedding, TiedQuantHead
 from .stats import InputStats
 
-DEFAULT_GROUP = {8: -1, 4: 64, 3: 64, 2: 32}  # int8 per row: its codes already carry the precision
+# default scale group per code width: 6-8 bit codes carry the precision with one scale per row
+DEFAULT_GROUP = {8: -1, 7: -1, 6: -1, 5: 64, 4: 64, 3: 64, 2: 32}
 _SETTING = re.compile(r"^int(\d)(?:-(row|g\d+))?$")
 
 
@@ -43,7 +44,7 @@ def parse_setting(text: str, key: str) -> tuple[int, int] | None:
         return None
     m = _SETTING.match(text)
     if not m or int(m.group(1)) not in DEFAULT_GROUP:
-        raise LlmbinError(f"{key}={text!r} is not a setting; use none, int8, int4, int3, int2, optionally with "
+        raise LlmbinError(f"{key}={text!r} is not a setting; use none or int2 .. int8, optionally with "
                           "-row (one scale per row) or -gN (one per N columns), e.g. int4-g32")
     bits = int(m.group(1))
     group = DEFAULT_GROUP[bits] if m.group(2) is None else (-1 if m.group(2) == "row" else int(m.group(2)[1:]))

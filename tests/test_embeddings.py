@@ -162,8 +162,8 @@ def test_model_size_counts_every_file_byte_and_each_parameter_once(sources, text
 def test_settings_are_checked(sources, text_file):
     assert parse_setting("int4", "k") == (4, 64) and parse_setting("int8", "k") == (8, -1)
     assert parse_setting("int4-g32", "k") == (4, 32) and parse_setting("int4-row", "k") == (4, -1)
-    assert parse_setting("none", "k") is None
-    for bad in ("int5", "int4-g", "float8", "int4-g0"):
+    assert parse_setting("none", "k") is None and parse_setting("int6", "k") == (6, -1)
+    for bad in ("int9", "int1", "int4-g", "float8", "int4-g0"):
         with pytest.raises(LlmbinError, match="pipeline.embeddings"):
             llmbin.quantize(str(sources["tied"]), recipe(text_file, bad), verbose=False)
     with pytest.raises(LlmbinError, match="ties its output head"):

@@ -130,7 +130,7 @@ def test_bench_command_writes_rows(isas, tmp_path):
     assert "| 64x256 | 1 | cpu P1 |" in result.output
 
 
-@pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 32), (4, 64), (4, -1), (8, -1), (8, 128)])
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 32), (4, 64), (4, -1), (5, 64), (6, -1), (8, -1), (8, 128)])
 @pytest.mark.parametrize("n,k", [(7, 32), (257, 544), (64, 96)])
 def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
     """Integer layers (GPTQ/RTN, packed embeddings and heads) as one bit plane per code bit, vs fp32 math."""
