@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--max-windows", type=int, default=128)
     ap.add_argument("--out", required=True, help="directory for the checkpoints (one per setting)")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--size-only", action="store_true", help="write the checkpoints and measure them; no perplexity")
     args = ap.parse_args()
 
     recipe = Recipe.load(args.recipe)
@@ -69,14 +70,16 @@ def main():
         QuantizedModel(model, base.tokenizer, r, base.results, info, log, base.fingerprint).save(out, overwrite=True)
         del model
         size = model_size(out, json.loads((out / "config.json").read_text())["quantization_config"])
-        loaded, tokenizer = llmbin.load(out)
-        t = time.perf_counter()
-        ppl = evaluate_ppl(loaded, tokenizer, [args.ppl], args.seqlen, args.max_windows)[0]
-        row = {"setting": setting, **size, "ppl": ppl["ppl"], "eval_seconds": round(time.perf_counter() - t, 1),
-               "stage_seconds": round(stage_s, 1), "stage_log": log.records, "checkpoint": str(out)}
+        row = {"setting": setting, **size, "stage_seconds": round(stage_s, 1), "stage_log": log.records,
+               "checkpoint": str(out)}
+        if not args.size_only:
+            loaded, tokenizer = llmbin.load(out)
+            t = time.perf_counter()
+            row["ppl"] = evaluate_ppl(loaded, tokenizer, [args.ppl], args.seqlen, args.max_windows)[0]["ppl"]
+            row["eval_seconds"] = round(time.perf_counter() - t, 1)
+            del loaded
         rows["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "stage_log"}), flush=True)
-        del loaded
         rows["load_end"] = os.getloadavg()
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
