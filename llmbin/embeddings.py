@@ -1,13 +1,15 @@
 """The stage after the decoder layers: token embeddings and output head stored as packed integers.
 
-`pipeline.embeddings` (int8 | int4 | intB-gG | intB-row | none) sets the input embedding, and
-`pipeline.head` (same | int8 | int4 | ... | none) the output head of an untied model. The layout is
-`uniform` (per-row or grouped fp16 scales, uint8 zero points). The head is a QuantLinear calibrated like any linear: GPTQ with
-the Hessian of its input, the final hidden states of the QUANTIZED model, collected by a forward
-pre-hook on the head during one pass over the first `pipeline.head_windows` calibration windows (the
-pass stops at the head, so the vocabulary-sized product is never computed). The input embedding of an
-untied model is rounded to nearest (a lookup has no input statistics). A tied matrix is quantized
-once, with the head's Hessian, and serves both: QuantEmbedding for lookups, TiedQuantHead for logits.
+`pipeline.embeddings` (intB, intB-gG, intB-row for B = 2..8, or none) sets the input embedding, and
+`pipeline.head` (same | intB... | none) the output head of an untied model. The layout is `uniform`
+(per-row or grouped fp16 scales, uint8 zero points). The head is a QuantLinear calibrated like any
+linear: GPTQ with the Hessian of its input, the final hidden states of the QUANTIZED model, collected
+by a forward pre-hook on the head during one pass over the first `pipeline.head_windows` calibration
+windows (the pass stops at the head, so the vocabulary-sized product is never computed; a streamed
+model has no such pass and its head is rounded to nearest, logged). The input embedding of an untied
+model is rounded to nearest (a lookup has no input statistics). A tied matrix is quantized once, with
+the head's Hessian (on SmolLM2 that more than halves the perplexity cost of plain rounding,
+benchmarks/results/size.md), and serves both: QuantEmbedding for lookups, TiedQuantHead for logits.
 
 The checkpoint's quantization_config records the stage as
     "embeddings": {"setting": {...}, "tied": bool,
@@ -109,7 +111,8 @@ def head_input_stats(model: nn.Module, windows: torch.Tensor, batch_size: int) -
     return stats
 
 
-def quantize_matrix(weight: torch.Tensor, bits: int, group: int, stats: InputStats | None) -> tuple[UniformFormat, dict]:
+def quantize_matrix(weight: torch.Tensor, bits: int, group: int,
+                    stats: InputStats | None) -> tuple[UniformFormat, dict]:
     """GPTQ with the given input statistics, plain rounding without them."""
     weight = weight.detach().float().cpu()
     if stats is None:

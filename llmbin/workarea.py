@@ -142,8 +142,9 @@ class WorkArea:
             if ptr in seen:  # tied weights (lm_head = embeddings) are stored once
                 continue
             seen.add(ptr)
+            value = value.detach().cpu()
             keep = key.rpartition(".")[0] in packed and not key.endswith(".bias")
-            base[key] = (value.detach().cpu() if keep else storage_tensor(value.detach().cpu(), self.storage_dtype)).contiguous()
+            base[key] = (value if keep else storage_tensor(value, self.storage_dtype)).contiguous()
         save_file(base, str(self.path / "base.safetensors"), metadata={"format": "pt"})
         weight_map = {k: "base.safetensors" for k in base}
         total = sum(t.numel() * t.element_size() for t in base.values())

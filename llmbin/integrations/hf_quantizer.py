@@ -48,8 +48,9 @@ class LlmbinHfQuantizer(HfQuantizer):
     def validate_environment(self, *args, **kwargs):
         version = self.quantization_config.format_version
         if version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
             raise ValueError(f"llmbin checkpoint format version {version} is not supported by this llmbin "
-                             f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade llmbin or re-quantize")
+                             f"(reads versions {readable}); upgrade llmbin or re-quantize")
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         from ..embeddings import install_packed_embeddings, packed_embedding_modules

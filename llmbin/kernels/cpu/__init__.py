@@ -2,7 +2,8 @@
 
 prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4
 more planes; groups padded to whole words; one gather index applying perm/in_scale/padding; a `uniform`
-integer layer as one plane per code bit, uniform_layout) and interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
+integer layer as one plane per code bit, uniform_layout) and interleaves rows 16 at a time for the
+kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
 scales [NB, groups, P, 16] and offsets [NB, groups, 16] float32, out_scale folded in.
 The C++ extension compiles with torch.utils.cpp_extension on the first forward (cached under
 $LLMBIN_CACHE/torch_extensions, default ~/.cache/llmbin/torch_extensions). If it cannot be built,

@@ -108,7 +108,8 @@ def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
     same activations, the high nibble's planes scaled by 2^4 more. Groups are padded to whole words.
     """
     buf = {name: b.detach().cpu() for name, b in buffers.items()}
-    n, k, bits, g = meta["out_features"], meta["in_features"], meta["bits"], min(meta["group_size"], meta["in_features"])
+    n, k, bits = meta["out_features"], meta["in_features"], meta["bits"]
+    g = min(meta["group_size"], k)
     codes = unpack_codes(buf["qweight"], bits, k)
     s, z = buf["scales"].float(), buf["zeros"].float()
     pos = group_positions(k, g)
