@@ -20,6 +20,7 @@ fns = {"F.linear fp32": lambda: F.linear(x, w), "F.linear bf16": (lambda wb, xb:
     w.bfloat16(), x.bfloat16())}
 for label, bits, group in (("int8 per row", 8, -1), ("int4 g64", 4, 64), ("int4 per row", 4, -1)):
     module = QuantLinear.from_format(rtn_format(w, bits, group))
+    module.meta["lut"] = True  # as the embedding stage sets it for a packed head
     assert module.backend(torch.float32).name == "cpu"
     module(x)  # prepare
     fns[f"{label} (cpu backend)"] = (lambda m: lambda: m(x))(module)

@@ -160,11 +160,12 @@ def quantize_embeddings(model: nn.Module, options, windows: torch.Tensor, log, s
     if tied:
         start = time.perf_counter()
         fmt, metrics = quantize_matrix(inp.weight, *emb, stats)
-        packed = QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype, scale).to(inp.weight.device)
+        packed = QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype, scale, lut=True)
+        packed = packed.to(inp.weight.device)
         out_name = _name_of(model, out)
         set_submodule(model, in_name, packed)
         set_submodule(model, out_name, TiedQuantHead(packed))
-        record["input"] = {"module": in_name, "meta": fmt.meta()}
+        record["input"] = {"module": in_name, "meta": packed.meta}
         record["output"] = {"module": out_name, "tied_to": in_name}
         model.all_tied_weights_keys = {}  # the packed matrix is shared by reference; nothing for transformers to tie
         log.module(module=f"{in_name} (= {out_name})", format=fmt.name, bits=fmt.bits, group_size=fmt.group_size,
@@ -173,9 +174,9 @@ def quantize_embeddings(model: nn.Module, options, windows: torch.Tensor, log, s
     if emb is not None:
         start = time.perf_counter()
         fmt, metrics = quantize_matrix(inp.weight, *emb, None)
-        set_submodule(model, in_name, QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype, scale)
-                      .to(inp.weight.device))
-        record["input"] = {"module": in_name, "meta": fmt.meta()}
+        packed = QuantEmbedding.from_format(fmt, getattr(inp, "padding_idx", None), dtype, scale, lut=True)
+        set_submodule(model, in_name, packed.to(inp.weight.device))
+        record["input"] = {"module": in_name, "meta": packed.meta}
         log.module(module=in_name, format=fmt.name, bits=fmt.bits, group_size=fmt.group_size,
                    seconds=round(time.perf_counter() - start, 3), **metrics)
     if head is not None:
@@ -183,8 +184,10 @@ def quantize_embeddings(model: nn.Module, options, windows: torch.Tensor, log, s
         out_name = _name_of(model, out)
         fmt, metrics = quantize_matrix(out.weight, *head, stats)
         bias = out.bias.detach() if getattr(out, "bias", None) is not None else None
-        set_submodule(model, out_name, QuantLinear.from_format(fmt, bias).to(out.weight.device))
-        record["output"] = {"module": out_name, "meta": fmt.meta()}
+        head_module = QuantLinear.from_format(fmt, bias)
+        head_module.meta["lut"] = True  # the head runs on the cpu lookup-table kernel (kernels/cpu)
+        set_submodule(model, out_name, head_module.to(out.weight.device))
+        record["output"] = {"module": out_name, "meta": head_module.meta}
         log.module(module=out_name, format=fmt.name, bits=fmt.bits, group_size=fmt.group_size,
                    seconds=round(time.perf_counter() - start, 3), **metrics)
     return record

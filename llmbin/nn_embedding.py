@@ -26,8 +26,9 @@ class QuantEmbedding(QuantLinear):
 
     @classmethod
     def from_format(cls, fmt, padding_idx: int | None = None, out_dtype: torch.dtype = torch.float32,
-                    embed_scale: float = 1.0) -> "QuantEmbedding":
-        module = cls(fmt.meta(), padding_idx, out_dtype, embed_scale)
+                    embed_scale: float = 1.0, lut: bool = True) -> "QuantEmbedding":
+        """lut: let the cpu lookup-table kernel run the matrix as a head (meta 'lut', kernels/cpu)."""
+        module = cls({**fmt.meta(), "lut": lut}, padding_idx, out_dtype, embed_scale)
         for name, tensor in fmt.tensors().items():
             getattr(module, name).copy_(tensor)
         return module

@@ -73,6 +73,8 @@ def test_rejects_what_it_cannot_run(isas):
     assert "CPU" in backend.supports(meta, torch.device("cuda"), torch.float32)
     assert "bitplane and uniform" in backend.supports({**meta, "format": "masked"}, torch.device("cpu"), torch.float32)
     uniform = {"format": "uniform", "version": 1, "out_features": 8, "in_features": 64, "bits": 4, "group_size": 32}
+    assert "opt in" in backend.supports(uniform, torch.device("cpu"), torch.float32)
+    uniform["lut"] = True
     assert backend.supports(uniform, torch.device("cpu"), torch.float32) is None
     assert "bits" in backend.supports({**uniform, "bits": 16}, torch.device("cpu"), torch.float32)
     assert "float64" in backend.supports(meta, torch.device("cpu"), torch.float64)
@@ -138,6 +140,8 @@ def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
 
     fmt = rtn_format(torch.randn(n, k), bits, group)
     module = QuantLinear.from_format(fmt)
+    assert module.backend(torch.float32).name == "torch"  # decoder layers: exact reference unless they opt in
+    module.meta["lut"] = True
     assert module.backend(torch.float32).name == "cpu"
     state, w = cpu.prepare_state(module), fmt.dequantize()
     for m in (1, 3, 33):

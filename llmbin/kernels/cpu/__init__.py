@@ -119,6 +119,10 @@ class CpuBackend:
             return f"handles the bitplane and uniform formats only, not {meta.get('format')}"
         if dtype not in self.dtypes:
             return f"activations must be float32/float16/bfloat16, not {dtype}"
+        if meta["format"] == "uniform" and not meta.get("lut"):
+            # decoder GPTQ/RTN layers keep the reference backend: their packed logits then equal the fake-quant
+            # model's exactly; the vocabulary-sized embedding/head, read whole every decoded token, opt in
+            return "runs uniform layers only where they opt in (meta 'lut': packed embeddings and heads)"
         if meta["format"] == "uniform" and not 1 <= meta["bits"] <= 8:
             return f"handles 1 to 8 bit integer codes, not {meta['bits']} bits"
         if meta["format"] == "bitplane" and not 1 <= meta["num_planes"] <= 4:
