@@ -46,7 +46,10 @@ class QuantizedModel:
         from .checkpoint import write_checkpoint
         from .workarea import WorkArea
 
-        work = work or WorkArea(out, self.fingerprint, overwrite=overwrite)
+        from .storage import NAMES
+
+        work = work or WorkArea(out, self.fingerprint, overwrite=overwrite,
+                                storage_dtype=NAMES.get(self.info.get("storage_dtype")))
         return write_checkpoint(self.model, self.tokenizer, self.results, work, self.info,
                                 self.log.jsonl() if self.log else "", overwrite, rewrite_layers)
 
@@ -104,7 +107,11 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
 
     Finished layers go to OUT's work area as they complete; `resume=True` continues an interrupted run.
     """
+    from .embeddings import check_options, quantize_embeddings
+    from .storage import dtype_name, round_to_storage, source_dtype
+
     method = get_method(recipe.method)(recipe.params)
+    check_options(recipe.pipeline)
     if out is not None and Path(out).exists() and not overwrite:
         raise LlmbinError(f"{out} already exists; choose another -o or pass --overwrite")
     config = load_config(model_ref, trust_remote_code)
@@ -124,8 +131,10 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
         model, tokenizer = stream.model, stream.tokenizer
     else:
         model, tokenizer = load_model(model_ref, recipe.pipeline.device, trust_remote_code=trust_remote_code)
+    storage = source_dtype(model_ref, config)
     if stream is None:
         check_finite(model)
+        round_to_storage(model, storage)  # quantize, evaluate and store the same numbers
     windows, calib_source = calibration_ids(model, tokenizer, recipe)
     fingerprint = {"config": digest(config.to_dict()), "recipe": digest(recipe.to_dict()),
                    "model_revision": model_revision(model_ref), "calibration": token_hash(windows)}
@@ -133,7 +142,7 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
     if out is not None:
         from .workarea import WorkArea
 
-        work = WorkArea(out, fingerprint, resume=resume, overwrite=overwrite)
+        work = WorkArea(out, fingerprint, resume=resume, overwrite=overwrite, storage_dtype=storage)
     log = QuantLog(verbose=verbose)
     try:
         def quantize_pass(pass_method, pass_work):
@@ -146,6 +155,8 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
         results = quantize_pass(method, work)
         generator = torch.Generator().manual_seed(recipe.calibration.seed)
         changed = method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
+        embeddings = quantize_embeddings(model, recipe.pipeline, windows, log, streamed=stream is not None)
+        # distillation last: it trains the decoder's scales against the teacher with the packed head in place
         distill_stats = _distill_stage(model, results, model_ref, tokenizer, recipe, device, log, work)
         changed = changed or bool(distill_stats and distill_stats["kept"])
     except LlmbinError:
@@ -155,7 +166,8 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
             log.note(f"finished layers are kept in {work.path}; fix the problem and rerun with --resume")
         raise
     info = {"recipe": recipe.to_dict(), "provenance": provenance(model_ref, recipe, calib_source, windows),
-            "skipped_modules": sorted(_unquantized_linears(model, results))}
+            "skipped_modules": sorted(_unquantized_linears(model, results)), "embeddings": embeddings,
+            "storage_dtype": dtype_name(storage)}
     notes = getattr(method, "model_card_notes", None)
     if notes:
         info["method_notes"] = notes()

@@ -60,14 +60,19 @@ def write_checkpoint(model, tokenizer, results: dict[str, QuantResult], work, qu
                 raise LlmbinError("a streamed model cannot rewrite its layers at the end; drop --set pipeline.stream=true")
             work.save_layer(i, f"{prefix}.{i}", layer, by_layer.get(i, {}))
     config = quantization_config(results, quant_info)
-    out = work.finalize(model, prefix, config, tokenizer, log_jsonl, model_card(config), overwrite)
+    from .model_size import model_size, packed_modules
+
+    card = lambda path: model_card(config, model_size(path, config))  # noqa: E731  (after the shards are written)
+    out = work.finalize(model, prefix, config, tokenizer, log_jsonl, card, overwrite, set(packed_modules(config)))
     if not streamed:
         pack_model(model, results)
         model.config.quantization_config = config
     return out
 
 
-def model_card(config: dict) -> str:
+def model_card(config: dict, size: dict | None = None) -> str:
+    from .model_size import describe
+
     recipe = config.get("recipe", {})
     prov = config.get("provenance", {})
     bits = config.get("bits", {})
@@ -79,12 +84,32 @@ def model_card(config: dict) -> str:
         f"- method: `{recipe.get('method')}` with parameters `{json.dumps(recipe.get('params', {}))}`",
         f"- bits per weight of the quantized linears: {bits.get('bpw_paper')} (paper convention), "
         f"{bits.get('bpw_all_in')} (all-in, every stored bit)",
+        *([f"- whole model: {describe(size)}"] if size else []),
+        f"- token embeddings / output head: {_embedding_line(config.get('embeddings'))}; other unquantized "
+        f"tensors stored as {config.get('storage_dtype') or 'the model dtype'}",
         f"- calibration: {prov.get('calibration')} (token hash {prov.get('calibration_token_hash')}), seed {prov.get('seed')}",
         f"- made with llmbin {prov.get('llmbin')}, torch {prov.get('torch')}, transformers {prov.get('transformers')}",
     ]
     if config.get("method_notes"):
         lines += ["", "## Method notes", "", config["method_notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _embedding_line(record: dict | None) -> str:
+    if not record or not (record.get("input") or record.get("output")):
+        return "not quantized"
+    parts = []
+    for role in ("input", "output"):
+        entry = record.get(role)
+        if entry is None:
+            parts.append(f"{role} not quantized")
+        elif "tied_to" in entry:
+            parts.append(f"{role} tied to {entry['tied_to']}")
+        else:
+            meta = entry["meta"]
+            group = "per row" if meta["group_size"] >= meta["in_features"] else f"groups of {meta['group_size']}"
+            parts.append(f"{role} int{meta['bits']} ({group})")
+    return ", ".join(parts)
 
 
 def read_quant_config(path: str | Path) -> dict:

@@ -106,12 +106,14 @@ def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, se
         r.set(key.strip(), value.strip())
     qm = run(model, r, out=out, overwrite=overwrite, resume=resume, verbose=not quiet,
              trust_remote_code=trust_remote_code)
-    from .checkpoint import bits_summary
+    from .checkpoint import bits_summary, read_quant_config
+    from .model_size import describe, model_size
 
     bits_info = bits_summary(qm.results)
     click.echo(f"wrote {out}: {len(qm.results)} linears, {bits_info.get('bpw_paper')} bits/weight (paper), "
                f"{bits_info.get('bpw_all_in')} all-in, {qm.stats['quantize_seconds']} s, peak RSS "
                f"{qm.stats['peak_rss_mb']:.0f} MB")
+    click.echo(f"whole model: {describe(model_size(out, read_quant_config(out)))}")
 
 
 @main.command(name="eval")

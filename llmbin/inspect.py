@@ -9,6 +9,7 @@ import torch
 from .checkpoint import read_quant_config, shard_files
 from .checkpoint_validation import read_headers
 from .formats import format_from_meta
+from .model_size import describe
 
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int16": 2, "uint8": 1, "int8": 1, "int64": 8,
           "float64": 8, "bool": 1}
@@ -21,8 +22,12 @@ def inspect_checkpoint(path: str | Path) -> dict:
     qc = read_quant_config(path)
     files = shard_files(path)
     headers = read_headers(files)
+    from .embeddings import packed_embedding_modules
+    from .model_size import model_size
+
     rows, total_bytes, total_weights, total_paper = [], 0, 0, 0.0
-    for name, meta in qc["modules"].items():
+    embedding_modules = packed_embedding_modules(qc.get("embeddings"))
+    for name, meta in {**qc["modules"], **embedding_modules}.items():
         cls = format_from_meta(meta)
         nbytes = 0
         for tensor in cls.expected_tensors(meta):
@@ -39,12 +44,21 @@ def inspect_checkpoint(path: str | Path) -> dict:
         form = meta.get("salient_form") or ("sparse" if meta.get("sparse_nnz") is not None else None)
         if form:
             row["salient_form"] = form
+        if name in embedding_modules:  # reported, but not part of the linears' bits per weight
+            row["role"] = "embedding"
+            rows.append(row)
+            continue
         rows.append(row)
         total_bytes += nbytes
         total_weights += n
         total_paper += meta["paper_bits"] * n
+    tied = [f"{e['module']} (tied to {e['tied_to']})" for e in [(qc.get("embeddings") or {}).get("output")]
+            if e and "tied_to" in e]
     return {"path": str(path), "method": qc.get("recipe", {}).get("method"), "modules": rows,
-            "totals": {"modules": len(rows), "bpw_paper": round(total_paper / max(total_weights, 1), 4),
+            "whole_model": model_size(path, qc), "tied": tied, "storage_dtype": qc.get("storage_dtype"),
+            "format_version": qc.get("format_version"),
+            "totals": {"modules": len(rows) - len(embedding_modules),
+                       "bpw_paper": round(total_paper / max(total_weights, 1), 4),
                        "bpw_all_in": round(8 * total_bytes / max(total_weights, 1), 4),
                        "quantized_bytes": total_bytes, "quantized_fp16_bytes": 2 * total_weights,
                        "file_bytes": sum(os.path.getsize(f) for f in files)},
@@ -59,11 +73,15 @@ def render(report: dict) -> str:
         extras = ("  salient: " + r["salient_form"] if "salient_form" in r else "") + (
             f"  salient ratio {r['salient_ratio']}" if "salient_ratio" in r else "")
         lines.append(f"{r['module']:48s} {r['format']:9s} {shape:>12s} {r['bits_paper']:6.3f} {r['bits_all_in']:7.3f} "
-                     f"{r['bytes']:9d}  {r['backend_cpu']}{extras}")
+                     f"{r['bytes']:9d}  {r['backend_cpu']}{extras}{'  (' + r['role'] + ')' if 'role' in r else ''}")
     t = report["totals"]
-    lines.append(f"totals: {t['modules']} modules, bpw_paper {t['bpw_paper']}, bpw_all_in {t['bpw_all_in']}, "
-                 f"quantized {t['quantized_bytes'] / 2**20:.2f} MiB (float16 {t['quantized_fp16_bytes'] / 2**20:.2f} MiB), "
-                 f"files {t['file_bytes'] / 2**20:.2f} MiB")
+    lines.append(f"decoder linears: {t['modules']} modules, bpw_paper {t['bpw_paper']}, bpw_all_in {t['bpw_all_in']}, "
+                 f"quantized {t['quantized_bytes'] / 2**20:.2f} MiB (float16 {t['quantized_fp16_bytes'] / 2**20:.2f} MiB)")
+    if report["tied"]:
+        lines.append(f"tied, stored once: {', '.join(report['tied'])}")
     if report["skipped_modules"]:
         lines.append(f"full precision: {', '.join(report['skipped_modules'])}")
+    if report.get("storage_dtype"):
+        lines.append(f"unquantized tensors stored as {report['storage_dtype']} (the source's dtype)")
+    lines.append(f"whole model: {describe(report['whole_model'])}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from .errors import LlmbinError
 from .formats import format_from_meta
 from .methods.base import QuantResult
+from .storage import storage_tensor
 
 MANIFEST = "manifest.json"
 WORKAREA_VERSION = 1
@@ -46,8 +47,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class WorkArea:
-    def __init__(self, out: str | Path, fingerprint: dict, resume: bool = False, overwrite: bool = False):
+    def __init__(self, out: str | Path, fingerprint: dict, resume: bool = False, overwrite: bool = False,
+                 storage_dtype: torch.dtype | None = None):
         self.out = Path(out)
+        self.storage_dtype = storage_dtype  # unquantized floating tensors are written in it (llmbin/storage.py)
         self.path = self.out.parent / f".{self.out.name}.partial"
         self.fingerprint = fingerprint
         if self.out.exists() and not overwrite:
@@ -97,7 +100,7 @@ class WorkArea:
             module = key.rsplit(".", 1)[0]
             if module in results and key.endswith(".weight"):
                 continue
-            tensors[f"{prefix}.{key}"] = value.detach().cpu().contiguous()
+            tensors[f"{prefix}.{key}"] = storage_tensor(value.detach().cpu(), self.storage_dtype).contiguous()
         for name, result in results.items():
             modules[f"{prefix}.{name}"] = result.format.meta()
             for tname, t in result.format.tensors().items():
@@ -124,9 +127,13 @@ class WorkArea:
                                                               entry["metrics"].get(full, {}))
         return results
 
-    def finalize(self, model, layers_prefix: str, quant_config: dict, tokenizer, log_jsonl: str, card: str,
-                 overwrite: bool) -> Path:
-        """Add base tensors, index, config, tokenizer, log and card; rename into place."""
+    def finalize(self, model, layers_prefix: str, quant_config: dict, tokenizer, log_jsonl: str, card,
+                 overwrite: bool, packed: set[str] = frozenset()) -> Path:
+        """Add base tensors, index, config, tokenizer, log and card; rename into place.
+
+        `card` is the README text, or a function of the work area's path (it may read the finished shards);
+        tensors of the `packed` modules (packed embeddings, head) keep their format's dtypes.
+        """
         base, seen = {}, set()
         for key, value in model.state_dict().items():
             if key.startswith(layers_prefix + ".") or value.device.type == "meta":
@@ -135,7 +142,9 @@ class WorkArea:
             if ptr in seen:  # tied weights (lm_head = embeddings) are stored once
                 continue
             seen.add(ptr)
-            base[key] = value.detach().cpu().contiguous()
+            value = value.detach().cpu()
+            keep = key.rpartition(".")[0] in packed and not key.endswith(".bias")
+            base[key] = (value if keep else storage_tensor(value, self.storage_dtype)).contiguous()
         save_file(base, str(self.path / "base.safetensors"), metadata={"format": "pt"})
         weight_map = {k: "base.safetensors" for k in base}
         total = sum(t.numel() * t.element_size() for t in base.values())
@@ -152,7 +161,7 @@ class WorkArea:
         if getattr(model, "generation_config", None) is not None and model.can_generate():
             model.generation_config.save_pretrained(self.path)
         (self.path / "quant_log.jsonl").write_text(log_jsonl)
-        (self.path / "README.md").write_text(card)
+        (self.path / "README.md").write_text(card(self.path) if callable(card) else card)
         config = model.config.to_dict()
         config["quantization_config"] = quant_config
         _atomic_write_text(self.path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -11,7 +11,7 @@ echo "   the full PTQ1.61 recipe is llmbin/recipes/ptq161.yaml). Recipe: llmbin/
 $LLMBIN quantize smollm2-135m --recipe "$RECIPE" --dataset data/britannica-calib.txt -o out/demo --overwrite -q
 echo "== quantized"
 $LLMBIN eval out/demo $EVAL --json out/demo-q.json
-$LLMBIN inspect out/demo | tail -n 2
+$LLMBIN inspect out/demo | grep -E '^(decoder linears|whole model):'
 .venv/bin/python - <<'PY'
 import json
 fp = json.load(open("out/demo-fp.json"))["perplexity"][0]["ppl"]

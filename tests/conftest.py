@@ -63,8 +63,8 @@ def tiny_llama(vocab_size: int = 49152, seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=256, tie_word_embeddings=True,
-                         **{**TINY, **overrides})
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=256,
+                         **{"tie_word_embeddings": True, **TINY, **overrides})
     return LlamaForCausalLM(config).eval()
 
 

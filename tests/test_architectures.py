@@ -82,3 +82,37 @@ def test_unused_expert_gets_logged_rtn_fallback():
         assert torch.isfinite(results[name].format.dequantize()).all()
     busy = [r for r in log.records if ".experts." in r.get("module", "") and r["samples"] > 0]
     assert busy and all("loss" in r for r in busy)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_packed_embeddings_every_architecture(arch, tmp_path):
+    """Decoder linears and token embeddings (and head) packed; logits equal the same model with the dequantized
+    matrices put back as float weights, before and after a save/reload (Gemma's scaled embedding included)."""
+    import copy
+
+    from llmbin.embeddings import quantize_embeddings
+    from llmbin.nn_embedding import QuantEmbedding
+
+    model = build(arch)
+    ids = torch.randint(0, 256, (4, 24), generator=torch.Generator().manual_seed(0))
+    log = QuantLog(verbose=False)
+    method = get_method("gptq")(get_method("gptq").params_cls(bits=4, group_size=32))
+    results = quantize_model(model, method, ids, PipelineOptions(batch_size=2), seed=0, log=log)
+    reference = copy.deepcopy(model)  # fake-quant decoder, float embeddings
+    record = quantize_embeddings(model, PipelineOptions(batch_size=2, embeddings="int4-g32", head="same"), ids, log)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, QuantEmbedding), record
+    with torch.no_grad():
+        reference.get_input_embeddings().weight.data = emb.packed_format().dequantize()
+        head = model.get_output_embeddings()
+        if record["output"] and "meta" in record["output"]:
+            reference.get_output_embeddings().weight.data = head.packed_format().dequantize()
+        expected = reference(ids).logits
+        torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    pack_model(model, results)
+    model.config.quantization_config = {"quant_method": "llmbin", "format_version": 2, "embeddings": record,
+                                        "modules": {n: r.format.meta() for n, r in results.items()}}
+    model.save_pretrained(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected, atol=1e-5, rtol=1e-5)

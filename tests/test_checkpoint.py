@@ -49,7 +49,7 @@ def test_from_pretrained_and_load_match_fake_quant(packed):
     torch.testing.assert_close(logits(model), fake, atol=1e-5, rtol=1e-5)
     assert tokenizer is not None
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert cfg["quant_method"] == "llmbin" and cfg["format_version"] == 1
+    assert cfg["quant_method"] == "llmbin" and cfg["format_version"] == 2
     assert cfg["provenance"]["calibration_token_hash"] and cfg["recipe"]["method"] == "gptq"
     assert (out / "quant_log.jsonl").read_text().count("\n") >= 14 and (out / "README.md").exists()
     assert not list(out.parent.glob(".q.partial*"))

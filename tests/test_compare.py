@@ -37,7 +37,8 @@ def synthetic() -> dict:
             "methods": [method("rtn", 4, 4.25, 41.2), method("gptq", 4, 4.25, 33.9), method("gptq-3", 3, 3.25, 100.75),
                         method("gptq-2", 2, 2.25, 186606.0), method("rtn-2", 2, 2.25, 4350138.0),
                         method("pbllm", 1.7, 2.7, 1586.0), method("dbllm", 2, 2.5, 120.0),
-                        method("ptq161", 1.61, 1.62, 663.3), method("billm", 1.1, 2.3, math.inf),
+                        method("ptq161", 1.61, 1.62, 663.3, size={"file_bytes": 37_912_345, "bits_per_parameter": 2.25}),
+                        method("billm", 1.1, 2.3, math.inf),
                         {"label": "broken", "method": "broken", "recipe": {}, "error": "RuntimeError: boom"}]}
 
 
@@ -46,15 +47,17 @@ def test_report_and_plot_on_synthetic_records(tmp_path):
 
     paths = write_report(synthetic(), tmp_path)
     report = paths["markdown"].read_text()
-    for row in ("| method | paper bits | all-in bits | ppl eval_xsum.txt | two_choice acc | quantize time | peak RSS (MB) |",
-                "| gptq | 4 | 4.25 | 33.90 | 0.600 ± 0.050 | 5 min 21 s | 1834 |", "| gptq-2 | 2 | 2.25 | 186,606 |",
-                "| ptq161 | 1.61 | 1.62 | 663.30 |"):
+    for row in ("| method | paper bits | all-in bits | file MB | bits/param | ppl eval_xsum.txt | two_choice acc | "
+                "quantize time | peak RSS (MB) |",
+                "| gptq | 4 | 4.25 | - | - | 33.90 | 0.600 ± 0.050 | 5 min 21 s | 1834 |",
+                "| gptq-2 | 2 | 2.25 | - | - | 186,606 |", "| ptq161 | 1.61 | 1.62 | 37.9 | 2.25 | 663.30 |"):
         assert row in report, row
-    assert "| full precision | 32 | 32 | 30.49 | 0.800 ± 0.050 | - | - |" in report
+    assert "| full precision | 32 | 32 | - | - | 30.49 | 0.800 ± 0.050 | - | - |" in report
     assert "| broken | failed: RuntimeError: boom |" in report and "![perplexity vs all-in bits](ppl_vs_bits.png)" in report
     assert json.loads(paths["json"].read_text())["methods"][0]["label"] == "rtn"
     image = matplotlib.image.imread(paths["plot"])
     assert image.shape[0] > 400 and image.shape[1] > 700
+    assert "![perplexity vs file size](ppl_vs_file_mb.png)" in report and paths["plot_file_mb"].stat().st_size > 10000
 
 
 def test_plot_labels_do_not_overlap(tmp_path, monkeypatch):
@@ -126,6 +129,13 @@ def test_compare_tiny_model_end_to_end(tiny_llama_dir, text_file, tmp_path):
     assert all(m["recipe"]["calibration"]["nsamples"] == 4 for m in rows.values())
     assert all(m["peak_rss_mb"] > 0 and m["quantize_seconds"] > 0 and m["perplexity"][0]["ppl"] > 1 for m in rows.values())
     assert results["reference"]["perplexity"][0]["windows"] == 4 and (out / "ppl_vs_bits.png").stat().st_size > 10000
+    from transformers import AutoModelForCausalLM
+
+    params = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).num_parameters()  # tied matrix counted once
+    for row in rows.values():  # (file bytes == the directory's safetensors bytes: tests/test_embeddings.py)
+        assert row["size"]["parameters"] == params and row["size"]["bits_per_parameter"] == round(
+            8 * row["size"]["file_bytes"] / params, 4)
+    assert (out / "ppl_vs_file_mb.png").stat().st_size > 10000
     assert "| gptq3 | 3 |" in (out / "report.md").read_text() and not (out / "checkpoints").exists()
     result = run(*args, "--resume")  # everything reused: no quantization
     assert result.exit_code == 0 and result.output.count("reused") == 3, result.output

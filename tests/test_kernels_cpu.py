@@ -71,7 +71,12 @@ def test_rejects_what_it_cannot_run(isas):
     meta = make_format(8, 64, 32, 1, "plain").meta()
     assert backend.supports(meta, torch.device("cpu"), torch.float32) is None
     assert "CPU" in backend.supports(meta, torch.device("cuda"), torch.float32)
-    assert "bitplane" in backend.supports({**meta, "format": "uniform"}, torch.device("cpu"), torch.float32)
+    assert "bitplane and uniform" in backend.supports({**meta, "format": "masked"}, torch.device("cpu"), torch.float32)
+    uniform = {"format": "uniform", "version": 1, "out_features": 8, "in_features": 64, "bits": 4, "group_size": 32}
+    assert "opt in" in backend.supports(uniform, torch.device("cpu"), torch.float32)
+    uniform["lut"] = True
+    assert backend.supports(uniform, torch.device("cpu"), torch.float32) is None
+    assert "bits" in backend.supports({**uniform, "bits": 16}, torch.device("cpu"), torch.float32)
     assert "float64" in backend.supports(meta, torch.device("cpu"), torch.float64)
     assert "planes" in backend.supports({**meta, "num_planes": 5}, torch.device("cpu"), torch.float32)
 
@@ -125,3 +130,24 @@ def test_bench_command_writes_rows(isas, tmp_path):
     assert {(m, c) for m in (1, 4) for c in ("F.linear fp32", "F.linear bf16", "cpu P1", "torch P1")} <= cands
     assert all(r["time_us"] > 0 and r["speedup_vs_fp32"] > 0 for r in rows)
     assert "| 64x256 | 1 | cpu P1 |" in result.output
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 32), (4, 64), (4, -1), (5, 64), (6, -1), (8, -1), (8, 128)])
+@pytest.mark.parametrize("n,k", [(7, 32), (257, 544), (64, 96)])
+def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
+    """Integer layers (GPTQ/RTN, packed embeddings and heads) as one bit plane per code bit, vs fp32 math."""
+    from llmbin.methods.rtn import rtn_format
+
+    fmt = rtn_format(torch.randn(n, k), bits, group)
+    module = QuantLinear.from_format(fmt)
+    assert module.backend(torch.float32).name == "torch"  # decoder layers: exact reference unless they opt in
+    module.meta["lut"] = True
+    assert module.backend(torch.float32).name == "cpu"
+    state, w = cpu.prepare_state(module), fmt.dequantize()
+    for m in (1, 3, 33):
+        for dtype in DTYPES:
+            x = torch.randn(m, k).to(dtype)
+            ref = reference(w, x)
+            for isa in isas:
+                err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref, w, x)
+                assert err <= TOL[dtype], f"{isa} {bits}-bit g{group} M={m} {dtype}: rel err {err:.2e}"

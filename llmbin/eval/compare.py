@@ -173,9 +173,15 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
                 record["api_quantize_seconds"] = stats.get("quantize_seconds")  # without packing and writing
                 del qm
                 gc.collect()
-                totals = inspect_checkpoint(checkpoint)["totals"]
+                inspected = inspect_checkpoint(checkpoint)
+                totals = inspected["totals"]
                 record["bits"] = {"bpw_paper": totals["bpw_paper"], "bpw_all_in": totals["bpw_all_in"],
                                   "quantized_bytes": totals["quantized_bytes"]}
+                record["size"] = inspected["whole_model"]
+                if results["reference"].get("size") is None:  # the source at fp16, for the table's first row
+                    params = inspected["whole_model"]["parameters"]
+                    results["reference"]["size"] = {"file_bytes": 2 * params, "parameters": params,
+                                                    "bits_per_parameter": 16.0, "kind": "source at fp16"}
                 echo(f"{label}: scoring the packed checkpoint")
                 start = time.perf_counter()
                 record.update(evaluate_ref(str(checkpoint), spec, device))

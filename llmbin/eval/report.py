@@ -63,12 +63,15 @@ def markdown(results: dict) -> str:
     ref = results["reference"]
     metric_names = {t: (headline(ref.get("zeroshot", {}).get("tasks", {}).get(t) or {"metrics": {}}) or ("acc",))[0]
                     for t in tasks}
-    header = (["method", "paper bits", "all-in bits"] + [f"ppl {Path(t).name}" for t in texts]
+    header = (["method", "paper bits", "all-in bits", "file MB", "bits/param"] + [f"ppl {Path(t).name}" for t in texts]
               + [f"{t} {metric_names[t]}" for t in tasks] + ["quantize time", "peak RSS (MB)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(label, r, bits_paper, bits_all_in, seconds, rss):
-        cells = [label, _bits(bits_paper), _bits(bits_all_in)] + [_ppl(_ppl_of(r, t)) for t in texts]
+        size = r.get("size") or {}
+        mb = "-" if size.get("file_bytes") is None else f"{size['file_bytes'] / 1e6:.1f}"
+        cells = [label, _bits(bits_paper), _bits(bits_all_in), mb, _bits(size.get("bits_per_parameter"))]
+        cells += [_ppl(_ppl_of(r, t)) for t in texts]
         cells += [_task_cell(r, t) for t in tasks] + [_duration(seconds), "-" if rss is None else f"{rss:.0f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
 
@@ -93,7 +96,9 @@ def markdown(results: dict) -> str:
             "checkpoint stores for the quantized linears (codes, scales, offsets, salient indices, sparse "
             "corrections) per weight. Quantize time is wall time of llmbin.api.quantize in this process "
             "(model load + calibration + quantization + packing); peak RSS is the process's high-water mark "
-            f"during it, {results.get('peak_rss_kind', 'reset before each method')}.", ""]
+            f"during it, {results.get('peak_rss_kind', 'reset before each method')}. File MB is every byte of the "
+            "checkpoint's safetensors files (10^6 bytes; embeddings, head and norms included) and bits/param is that "
+            "times 8 over all parameters of the source model; the full-precision row shows the source at fp16.", ""]
     for note in results.get("notes", []):
         out.append(f"- {note}")
     out += ["", "Recipes:", ""]
@@ -102,7 +107,8 @@ def markdown(results: dict) -> str:
     if results.get("command"):
         out += ["", f"Command: `{results['command']}`"]
     out += ["", f"Versions: {results['versions']}", "",
-            "![perplexity vs all-in bits](ppl_vs_bits.png)", ""]
+            "![perplexity vs all-in bits](ppl_vs_bits.png)", "",
+            "![perplexity vs file size](ppl_vs_file_mb.png)", ""]
     return "\n".join(out)
 
 
@@ -198,7 +204,17 @@ def place_labels(ax, points: list[tuple[float, float, str, str]], reference: tup
         placed.append(box)
 
 
-def plot_ppl_vs_bits(results: dict, path: str | Path) -> Path:
+def _file_mb(row: dict):
+    size = row.get("size") or {}
+    return None if size.get("file_bytes") is None else size["file_bytes"] / 1e6
+
+
+AXES = {"bits": (lambda m: m["bits"]["bpw_all_in"], "all-in bits per weight (codes + scales + offsets + indices)"),
+        "file_mb": (_file_mb, "checkpoint file size (MB, every safetensors byte)")}
+
+
+def plot_ppl_vs_bits(results: dict, path: str | Path, x: str = "bits") -> Path:
+    """Perplexity against all-in bits of the linears (x="bits") or the whole checkpoint's file size (x="file_mb")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,14 +228,15 @@ def plot_ppl_vs_bits(results: dict, path: str | Path) -> Path:
     pending = []
     for ax, text in zip(axes[0], texts or [""]):
         ref = _ppl_of(results["reference"], text)
-        rows = [(m["bits"]["bpw_all_in"], _ppl_of(m, text), m["label"], k)
-                for k, m in enumerate(ok) if _ppl_of(m, text) is not None]
+        x_of, x_label = AXES[x]
+        rows = [(x_of(m), _ppl_of(m, text), m["label"], k)
+                for k, m in enumerate(ok) if _ppl_of(m, text) is not None and x_of(m) is not None]
         finite = [p for _, p, _, _ in rows if math.isfinite(p)] + ([ref] if ref and math.isfinite(ref) else [])
         lo, hi = (min(finite), max(finite)) if finite else (1.0, 10.0)
         span = max(math.log10(hi / lo), 0.3)
         ylim = (lo / 10 ** (0.25 * span), hi * 10 ** (0.3 * span))
         xs = [b for b, _, _, _ in rows] or [1.0]
-        xpad = max(0.5, 0.25 * (max(xs) - min(xs)))
+        xpad = max(0.5 if x == "bits" else 0.05 * max(xs), 0.25 * (max(xs) - min(xs)))
         ax.set_yscale("log")
         ax.set_xlim(max(0.0, min(xs) - xpad), max(xs) + xpad)
         ax.set_ylim(*ylim)
@@ -236,7 +253,7 @@ def plot_ppl_vs_bits(results: dict, path: str | Path) -> Path:
             points.append((bits, y, f"{label}: {_ppl(ppl)}" + (" (off scale)" if off_scale else ""), color))
         if ref is not None and math.isfinite(ref):
             ax.axhline(ref, color="0.35", ls="--", lw=1, zorder=1)
-        ax.set_xlabel("all-in bits per weight (codes + scales + offsets + indices)")
+        ax.set_xlabel(x_label)
         ax.set_ylabel("perplexity (log scale)")
         ev = results["eval"]
         ax.set_title(f"{results['model']}: {Path(text).name or 'perplexity'} (protocol {ev['protocol']}, "
@@ -258,11 +275,14 @@ def plot_ppl_vs_bits(results: dict, path: str | Path) -> Path:
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "markdown": out / "report.md", "plot": out / "ppl_vs_bits.png"}
+    paths = {"json": out / "results.json", "markdown": out / "report.md", "plot": out / "ppl_vs_bits.png",
+             "plot_file_mb": out / "ppl_vs_file_mb.png"}
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     if ppl_names(results):
         plot_ppl_vs_bits(results, paths["plot"])
+        plot_ppl_vs_bits(results, paths["plot_file_mb"], x="file_mb")
     else:
         paths.pop("plot")
+        paths.pop("plot_file_mb")
     paths["markdown"].write_text(markdown(results))
     return paths

@@ -19,7 +19,10 @@ from ..formats import format_from_meta
 from ..models.walk import decoder_layers, make_linears_explicit, set_submodule
 from ..nn import QuantLinear
 
-FORMAT_VERSION = 1
+# 2 (issue 17): unquantized tensors in the source's dtype; optional packed embeddings/head ("embeddings" record).
+# Version 1 checkpoints (float32 base tensors, no "embeddings") load unchanged.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @register_quantization_config("llmbin")
@@ -44,14 +47,20 @@ class LlmbinHfQuantizer(HfQuantizer):
 
     def validate_environment(self, *args, **kwargs):
         version = self.quantization_config.format_version
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
             raise ValueError(f"llmbin checkpoint format version {version} is not supported by this llmbin "
-                             f"(reads version {FORMAT_VERSION}); upgrade llmbin or re-quantize")
+                             f"(reads versions {readable}); upgrade llmbin or re-quantize")
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        from ..embeddings import install_packed_embeddings, packed_embedding_modules
+
+        record = getattr(self.quantization_config, "embeddings", None)
         convert_to_quant_linears(model, self.quantization_config.modules)
+        install_packed_embeddings(model, record)
         if checkpoint_files:
-            validate_checkpoint_files(model, checkpoint_files, self.quantization_config.modules)
+            validate_checkpoint_files(model, checkpoint_files,
+                                      {**self.quantization_config.modules, **packed_embedding_modules(record)})
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         return model

@@ -1,8 +1,9 @@
 """Native CPU backend: a lookup-table GEMV over bit planes (lut.cpp), built on first use.
 
 prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4
-more planes; groups padded to whole words; one gather index applying perm/in_scale/padding) and
-interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
+more planes; groups padded to whole words; one gather index applying perm/in_scale/padding; a `uniform`
+integer layer as one plane per code bit, uniform_layout) and interleaves rows 16 at a time for the
+kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
 scales [NB, groups, P, 16] and offsets [NB, groups, 16] float32, out_scale folded in.
 The C++ extension compiles with torch.utils.cpp_extension on the first forward (cached under
 $LLMBIN_CACHE/torch_extensions, default ~/.cache/llmbin/torch_extensions). If it cannot be built,
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import register_backend
-from .layout import layer_layout
+from .layout import layer_layout, uniform_layout
 
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
 ROWS = 16  # rows per interleaved block = entries per lookup table
@@ -88,7 +89,8 @@ def prepare_state(module, isa: str | None = None) -> CpuState:
     isa = isa or os.environ.get("LLMBIN_CPU_ISA", "auto")
     if isa not in ISAS:
         raise ValueError(f"LLMBIN_CPU_ISA={isa} is not one of {', '.join(ISAS)}")
-    lay = layer_layout(module.meta, dict(module.named_buffers(recurse=False)))
+    layout = uniform_layout if module.meta["format"] == "uniform" else layer_layout
+    lay = layout(module.meta, {n: b for n, b in module.named_buffers(recurse=False) if not n.startswith("_")})
     nb = -(-lay.out_features // ROWS)
     segs = lay.segments
     offsets = [torch.empty(0) if s.offsets is None else _interleave(s.offsets[None], nb)[:, :, 0] for s in segs]
@@ -113,11 +115,17 @@ class CpuBackend:
     def supports(self, meta: dict, device: torch.device, dtype: torch.dtype) -> str | None:
         if torch.device(device).type != "cpu":
             return "runs on CPU tensors only"
-        if meta.get("format") != "bitplane":
-            return f"handles the bitplane format only, not {meta.get('format')}"
+        if meta.get("format") not in ("bitplane", "uniform"):
+            return f"handles the bitplane and uniform formats only, not {meta.get('format')}"
         if dtype not in self.dtypes:
             return f"activations must be float32/float16/bfloat16, not {dtype}"
-        if not 1 <= meta["num_planes"] <= 4:
+        if meta["format"] == "uniform" and not meta.get("lut"):
+            # decoder GPTQ/RTN layers keep the reference backend: their packed logits then equal the fake-quant
+            # model's exactly; the vocabulary-sized embedding/head, read whole every decoded token, opt in
+            return "runs uniform layers only where they opt in (meta 'lut': packed embeddings and heads)"
+        if meta["format"] == "uniform" and not 1 <= meta["bits"] <= 8:
+            return f"handles 1 to 8 bit integer codes, not {meta['bits']} bits"
+        if meta["format"] == "bitplane" and not 1 <= meta["num_planes"] <= 4:
             return f"handles 1 to 4 planes, not {meta['num_planes']}"
         if load_extension() is None:
             return _error

@@ -99,3 +99,27 @@ def layer_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
         sparse = (buf["sparse_values"].half().contiguous(), buf["sparse_colidx"].contiguous(),
                   buf["sparse_rowptr"].int().contiguous())
     return LayerLayout(segments, src, gscale.float(), sparse, n, k)
+
+
+def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
+    """A `uniform` layer (q - z) * s as bit planes: code bit b is plane b with scale s * 2^b, offset -z * s.
+
+    At most 4 planes per segment (the kernel's limit): 8-bit codes become two segments that read the
+    same activations, the high nibble's planes scaled by 2^4 more. Groups are padded to whole words.
+    """
+    buf = {name: b.detach().cpu() for name, b in buffers.items()}
+    n, k, bits = meta["out_features"], meta["in_features"], meta["bits"]
+    g = min(meta["group_size"], k)
+    codes = unpack_codes(buf["qweight"], bits, k)
+    s, z = buf["scales"].float(), buf["zeros"].float()
+    pos = group_positions(k, g)
+    segments, src = [], []
+    for first in range(0, bits, 4):
+        planes = torch.arange(first, min(first + 4, bits))
+        words, ng, wpg = group_words(pack_codes((codes[None] >> planes[:, None, None]) & 1, 1), k, g)
+        scales = s[None] * (2.0 ** planes.float())[:, None, None]
+        offsets = (-z * s).contiguous() if first == 0 else None
+        segments.append(Segment(words.contiguous(), scales.contiguous(), offsets, ng, wpg))
+        src.append(pos)
+    src = torch.cat(src)
+    return LayerLayout(segments, src, (src >= 0).float(), None, n, k)
