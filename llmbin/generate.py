@@ -1,0 +1,285 @@
+"""Text generation: a static-KV-cache decode loop with a compiled step, and `llmbin generate`.
+
+HF `generate` with a dynamic cache spends most of a small model's decode step in Python (module
+calls, cache concatenation, logits processors). Here the prompt is prefilled eagerly into a
+StaticCache sized once per Decoder, and each new token is one call of `step(token, position)`,
+compiled by torch.compile with fixed shapes: every packed linear is the extension's C++ op
+(llmbin_cpu::lut_matmul) or the triton custom op, so the whole step is one graph and its
+elementwise work fuses. Guards are checked on the first compiled call only (the step's inputs never
+change shape or identity afterwards). Greedy tokens equal the eager step's (tests); when the step
+cannot compile, one line says why and decoding continues eagerly.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import click
+import torch
+
+from .errors import LlmbinError
+
+CACHE_ROUND = 128  # cache lengths are rounded up to this: one compiled graph serves many prompt lengths
+
+
+@dataclass
+class Sampler:
+    """temperature <= 0: greedy (argmax). Else softmax(logits / T), cut to the top-p nucleus, seeded draw."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self):
+        if not 0 < self.top_p <= 1:
+            raise LlmbinError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise LlmbinError(f"--temperature must be >= 0, got {self.temperature}")
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        logits = logits.float().reshape(-1)
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(0) - sorted_p < self.top_p  # the smallest prefix reaching top_p
+            probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+
+
+@dataclass
+class DecodeStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # steps after the first compiled one
+    decode_steps: int = 0
+    compile_s: float = 0.0  # the first compiled step (tracing + codegen), excluded from decode_s
+    mode: str = "eager"
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_steps / self.decode_s if self.decode_s else 0.0
+
+
+def prepare_packed(model) -> int:
+    """Repack every QuantLinear for the model's dtype now, so prefill timings measure compute."""
+    from .nn import QuantLinear
+
+    dtype = next(model.parameters()).dtype
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    for m in layers:
+        m.prepare(dtype)
+    return len(layers)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters(), next(model.buffers(), torch.empty(0))).device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Decoder:
+    """Prefill + token-by-token decode over one StaticCache of `max_len` tokens.
+
+    compile: True compiles the step (falling back to eager with one line on stderr if it cannot),
+    False keeps it eager (the reference the compiled step is tested against).
+    """
+
+    def __init__(self, model, max_len: int, compile: bool = True, log=None):
+        from transformers import StaticCache
+
+        self.model, self.device = model, _device(model)
+        self.max_len = -(-max_len // CACHE_ROUND) * CACHE_ROUND
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context:
+            self.max_len = min(self.max_len, int(context))
+        self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
+        prepare_packed(model)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.compiled = None
+        self.warm = False  # the compiled step ran once: its guards held, later calls skip them
+        if compile:
+            self.compiled = torch.compile(self._step, dynamic=False, fullgraph=True)
+
+    @property
+    def mode(self) -> str:
+        return "compiled" if self.compiled is not None else "eager"
+
+    def _step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=token, position_ids=position, cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def _compiled_step(self, token, position):
+        if self.warm:
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self.compiled(token, position)
+        try:
+            logits = self.compiled(token, position)
+        except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            self.log(f"llmbin: the decode step could not be compiled ({type(exc).__name__}: {first}); decoding eagerly")
+            self.compiled = None
+            return self._step(token, position)
+        self.warm = True
+        return logits
+
+    @torch.inference_mode()
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, sampler: Sampler | None = None,
+               stop_ids: set | frozenset = frozenset(), stats: DecodeStats | None = None) -> Iterator[int]:
+        """Yield up to max_new_tokens token ids (stopping after one in stop_ids) for one prompt [1, L]."""
+        sampler = sampler or Sampler()
+        stats = stats if stats is not None else DecodeStats()
+        ids = input_ids.reshape(1, -1).to(self.device)
+        length = ids.shape[1]
+        if length + max_new_tokens > self.max_len:
+            raise LlmbinError(f"{length} prompt + {max_new_tokens} new tokens exceed this decoder's cache of "
+                              f"{self.max_len}; build it with a larger max_len")
+        self.cache.reset()
+        stats.prompt_tokens, stats.mode = length, self.mode
+        t = time.perf_counter()
+        logits = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        token = sampler(logits)
+        _sync(self.device)
+        stats.prefill_s = time.perf_counter() - t
+        for i in range(max_new_tokens):
+            stats.new_tokens += 1
+            yield token
+            if token in stop_ids or i + 1 == max_new_tokens:
+                return
+            tok = torch.tensor([[token]], device=self.device)
+            pos = torch.tensor([[length + i]], device=self.device)
+            cold = self.compiled is not None and not self.warm
+            t = time.perf_counter()
+            logits = self._compiled_step(tok, pos) if self.compiled is not None else self._step(tok, pos)
+            token = sampler(logits)
+            _sync(self.device)
+            dt = time.perf_counter() - t
+            if cold:
+                stats.compile_s += dt
+            else:
+                stats.decode_s, stats.decode_steps = stats.decode_s + dt, stats.decode_steps + 1
+        stats.mode = self.mode  # eager if compiling failed on the way
+
+
+def stop_token_ids(model, tokenizer) -> set:
+    ids = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    return ids
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
+    if not prompt or not prompt.strip():
+        raise LlmbinError("the prompt is empty; pass --prompt TEXT or pipe the prompt on stdin")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise LlmbinError("this model's tokenizer has no chat template; drop --chat")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    return tokenizer(prompt, return_tensors="pt").input_ids
+
+
+def check_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    from .api import max_context
+
+    if max_new_tokens < 1:
+        raise LlmbinError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    context = max_context(model.config)
+    if context is None:
+        return
+    if prompt_tokens >= context:
+        raise LlmbinError(f"the prompt is {prompt_tokens} tokens, longer than the model's context of {context}; "
+                          "shorten it")
+    if prompt_tokens + max_new_tokens > context:
+        raise LlmbinError(f"{prompt_tokens} prompt tokens + --max-new-tokens {max_new_tokens} exceed the model's context "
+                          f"of {context}; lower --max-new-tokens to {context - prompt_tokens} or shorten the prompt")
+
+
+class TextStream:
+    """Token ids in, printable text deltas out (holds back a partial UTF-8 character)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.printed = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.printed = text[self.printed:], len(text)
+        return delta
+
+
+def load_for_generation(ref: str, device: str = "cpu"):
+    from .api import load_any
+
+    model, tokenizer = load_any(ref, device)
+    if tokenizer is None:
+        raise LlmbinError(f"{ref} has no tokenizer files; save the tokenizer next to the model")
+    return model.eval(), tokenizer
+
+
+def machine_line() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{torch.get_num_threads()} threads, load average {load:.2f}"
+
+
+@click.command("generate")
+@click.argument("model")
+@click.option("--prompt", default=None, help="Prompt text (default: read stdin).")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Tokens to generate at most.")
+@click.option("--temperature", default=0.0, show_default=True, help="0: greedy; else sample at this temperature.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (with --temperature > 0).")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--compile/--no-compile", "compile_step", default=True, show_default=True,
+              help="Compile the decode step (torch.compile; ~20 s the first time on a small model, cached after).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+def generate_command(model, prompt, max_new_tokens, temperature, top_p, seed, chat, compile_step, device, threads):
+    """Generate text from MODEL (packed checkpoint, HF directory, .gguf file or bundled name), streaming tokens."""
+    from .cli import friendly_errors
+
+    friendly_errors(_generate)(model, prompt, max_new_tokens, temperature, top_p, seed, chat, compile_step, device,
+                               threads)
+
+
+def _generate(model_ref, prompt, max_new_tokens, temperature, top_p, seed, chat, compile_step, device, threads):
+    if threads:
+        torch.set_num_threads(threads)
+    sampler = Sampler(temperature, top_p, seed)
+    if prompt is None:
+        prompt = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+        if prompt.strip() == "":
+            raise LlmbinError("the prompt is empty; pass --prompt TEXT or pipe the prompt on stdin")
+    if not prompt.strip():
+        raise LlmbinError("the prompt is empty; pass --prompt TEXT or pipe the prompt on stdin")
+    model, tokenizer = load_for_generation(model_ref, device)
+    ids = encode_prompt(tokenizer, prompt, chat)
+    check_length(model, ids.shape[1], max_new_tokens)
+    decoder = Decoder(model, ids.shape[1] + max_new_tokens, compile=compile_step)
+    stats, text = DecodeStats(), TextStream(tokenizer)
+    for token in decoder.stream(ids, max_new_tokens, sampler, stop_token_ids(model, tokenizer), stats):
+        click.echo(text.push(token), nl=False)
+        sys.stdout.flush()
+    click.echo("")
+    compile_note = f", first compiled step {stats.compile_s:.1f} s" if stats.compile_s else ""
+    click.echo(f"[llmbin] {stats.new_tokens} tokens: decode {stats.decode_tokens_per_s:.1f} tokens/s ({stats.mode} "
+               f"static cache{compile_note}), prefill {stats.prompt_tokens} tokens at {stats.prefill_tokens_per_s:.1f} "
+               f"tokens/s; {machine_line()}", err=True)
