@@ -1,5 +1,7 @@
 """Speed benchmarks (BENCH.md "Speed protocol"): packed-kernel tables and end-to-end decode tokens/s.
 
+Decode bench (a packed checkpoint PATH): llmbin/decode_bench.py.
+
 Kernel bench: for each shape N x K and batch M, every llmbin backend that can run here on the same
 random packed weights, against F.linear in float32 and bfloat16 (CUDA: float16 and bfloat16), in the
 same process. Candidates are timed round-robin, one call each per round, so a noisy neighbour slows
@@ -157,9 +159,11 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
 
 
 def format_table(rows: list[dict], header: bool = True) -> str:
-    """Markdown table of kernel rows (or decode rows: they carry `tokens_per_s`)."""
-    if rows and "tokens_per_s" in rows[0]:
-        cols = ["model", "tokens_per_s", "new_tokens", "speedup_vs_float"]
+    """Markdown table of kernel rows (or decode rows: they carry `decode_tokens_per_s`)."""
+    if rows and "decode_tokens_per_s" in rows[0]:
+        from .decode_bench import format_decode
+
+        return format_decode(rows, header)
     else:
         low = next((c for c in (rows[0] if rows else {}) if c.startswith("speedup_vs_") and c != "speedup_vs_fp32"),
                    "speedup_vs_bf16")
@@ -169,52 +173,6 @@ def format_table(rows: list[dict], header: bool = True) -> str:
     return "\n".join(lines)
 
 
-@torch.inference_mode()
-def decode_tokens_per_s(model, tokenizer, prompt: str, new_tokens: int = 128) -> float:
-    """Greedy decode of exactly `new_tokens` tokens after a short warm-up; returns tokens per second."""
-    device = next(model.parameters(), next(model.buffers(), torch.empty(0))).device
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, **kwargs)  # prepares every layer's backend
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    generated = out.shape[-1] - inputs["input_ids"].shape[-1]
-    return generated / (time.perf_counter() - t)
-
-
-def run_decode_bench(packed_model, float_model, tokenizer, prompt: str = "The history of the city begins",
-                     new_tokens: int = 128, json_path=None) -> list[dict]:
-    """Tokens/s of the packed model vs its float model, same prompt and length."""
-    fp = decode_tokens_per_s(float_model, tokenizer, prompt, new_tokens)
-    pk = decode_tokens_per_s(packed_model, tokenizer, prompt, new_tokens)
-    rows = [{"model": "float", "tokens_per_s": round(fp, 2), "new_tokens": new_tokens, "speedup_vs_float": 1.0},
-            {"model": "packed", "tokens_per_s": round(pk, 2), "new_tokens": new_tokens,
-             "speedup_vs_float": round(pk / fp, 2)}]
-    for r in rows:
-        r.update(_machine(), prompt=prompt)
-    if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
-    return rows
-
-
-def load_decode_models(path: Path):
-    """(packed_model, float_model, tokenizer) for a packed checkpoint dir; the float model is the one it was made from."""
-    from .api import load
-    from .checkpoint import read_quant_config
-    from .models.loading import load_model
-
-    source = read_quant_config(path).get("provenance", {}).get("model")
-    if not source:
-        raise click.UsageError(f"{path} does not record the model it was quantized from (provenance.model)")
-    packed, tokenizer = load(path)
-    float_model, _ = load_model(source)
-    return packed, float_model, tokenizer
-
-
 def _parse_shape(ctx, param, values):
     try:
         return [tuple(int(v) for v in s.lower().split("x")) for s in values] or None
@@ -222,25 +180,46 @@ def _parse_shape(ctx, param, values):
         raise click.BadParameter(f"shapes look like 4096x4096, got {values}") from exc
 
 
+def _parse_batches(ctx, param, values):
+    """--batch 1 --batch 4, or --batch 1,4,16."""
+    try:
+        return [int(v) for s in values for v in str(s).split(",") if v.strip()] or None
+    except ValueError as exc:
+        raise click.BadParameter(f"batches look like 1,4,16, got {values}") from exc
+
+
 @click.command("bench")
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--shape", "shapes", multiple=True, callback=_parse_shape, help="N x K, e.g. 4096x4096 (repeatable)")
-@click.option("--batch", "batches", multiple=True, type=int, help="batch M (repeatable); default 1 4 16 64")
+@click.option("--batch", "batches", multiple=True, callback=_parse_batches,
+              help="batch M: repeatable or comma-separated (1,4,16); default 1,4,16,64")
 @click.option("--planes", multiple=True, type=int, default=(1, 2), show_default=True, help="bit planes (repeatable)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write rows as JSON")
 @click.option("--new-tokens", default=128, show_default=True, help="decode length for PATH")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when present)")
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's)")
 @click.option("--budget", default=2.0, show_default=True, help="seconds of timing per shape and batch")
-def bench_command(path, shapes, batches, planes, json_path, new_tokens, threads, budget):
-    """Kernel speed table (and, given a packed checkpoint PATH, end-to-end decode tokens/s)."""
+def bench_command(path, shapes, batches, planes, json_path, new_tokens, device, threads, budget):
+    """Kernel speed table; given a packed checkpoint PATH, prefill/decode tokens/s of it and of its float32 and
+    bf16 source (the kernel table then runs only with --shape)."""
+    from .cli import friendly_errors
+
+    friendly_errors(_bench)(path, shapes, batches, planes, json_path, new_tokens, device, threads, budget)
+
+
+def _bench(path, shapes, batches, planes, json_path, new_tokens, device, threads, budget):
     if threads:
         torch.set_num_threads(threads)
-    rows = run_kernel_bench(shapes, list(batches) or None, planes, None, budget_s=budget, log=click.echo)
+    rows = []
+    if path is None or shapes:
+        rows = run_kernel_bench(shapes, batches, planes, None, device=device, budget_s=budget, log=click.echo)
     if path is not None:
-        packed, float_model, tokenizer = load_decode_models(path)
-        decode = run_decode_bench(packed, float_model, tokenizer, new_tokens=new_tokens)
-        click.echo(format_table(decode))
-        rows = rows + decode
+        from .decode_bench import run_decode_bench
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        rows = rows + run_decode_bench(path, new_tokens, device=dev, log=click.echo)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(rows, indent=1))
+        tmp = json_path.with_suffix(json_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(json_path)

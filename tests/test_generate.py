@@ -62,6 +62,7 @@ def test_compiled_static_decode_matches_eager_and_hf_generate(backend, tokenizer
     assert compiled == eager
 
 
+@pytest.mark.slow  # about a minute: the interpreted kernels run inside the compiled step
 def test_triton_backend_compiles_into_the_step_under_the_interpreter(tokenizer, monkeypatch):
     pytest.importorskip("triton")
     import os

@@ -15,6 +15,7 @@ torch.library.custom_op would cost ~17 us of dispatch per call: 3.6 ms per token
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -37,8 +38,10 @@ _lock = threading.Lock()
 
 
 def cache_dir() -> Path:
+    """One build per torch, python and kernel source: checkouts with different lut.cpp never rebuild each other's."""
     root = Path(os.environ.get("LLMBIN_CACHE", Path.home() / ".cache" / "llmbin"))
-    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}"
+    source = hashlib.sha1(Path(__file__).with_name("lut.cpp").read_bytes()).hexdigest()[:10]
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{source}"
     return root / "torch_extensions" / f"cpu_lut-{tag}"
 
 
