@@ -2,8 +2,9 @@
 
 Each model decodes the same prompt for exactly `new_tokens` tokens (EOS ignored) two ways:
 - `hf-generate`: transformers' generate (dynamic cache), greedy: what a user of HF gets;
-- `static-compiled`: llmbin's Decoder (static cache, compiled step), greedy; the first compiled
-  step (tracing + code generation, cached on disk) is reported as compile_s and not timed.
+- `static-compiled` / `static-eager`: llmbin's Decoder (static cache; the step compiled for packed
+  models, eager for float ones, as `llmbin generate` does), greedy; the first compiled step
+  (tracing + code generation, cached on disk) is reported as compile_s and not timed.
 Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = the new tokens
 after the first / the time they took. A streamer timestamps HF's tokens, so both ways are measured
 alike. Every row carries the thread count and the load average before and after it ran.
@@ -19,7 +20,7 @@ import torch
 from .generate import Decoder, DecodeStats, Sampler
 
 PROMPT = "The history of the city begins"
-PATHS = ("hf-generate", "static-compiled")
+PATHS = ("hf-generate", "static")
 
 
 def _load() -> float | None:
@@ -52,7 +53,7 @@ def hf_generate_speed(model, ids: torch.Tensor, new_tokens: int) -> tuple[dict, 
              "compile_s": None}, out[0, ids.shape[1]:].tolist())
 
 
-def static_speed(model, ids: torch.Tensor, new_tokens: int, compile: bool = True) -> tuple[dict, list[int]]:
+def static_speed(model, ids: torch.Tensor, new_tokens: int, compile: bool | None = None) -> tuple[dict, list[int]]:
     decoder = Decoder(model, ids.shape[1] + new_tokens, compile=compile)
     stats = DecodeStats()
     tokens = list(decoder.stream(ids, new_tokens, Sampler(), frozenset(), stats))
@@ -67,8 +68,8 @@ def decode_rows(label: str, model, tokenizer, new_tokens: int = 128, prompt: str
         load_start = _load()
         fn = hf_generate_speed if path == "hf-generate" else static_speed
         speed, tokens[path] = fn(model, ids, new_tokens)
-        if path == "static-compiled" and speed.pop("mode") != "compiled":
-            path = "static-eager (compile failed)"
+        if path == "static":
+            path = f"static-{speed.pop('mode')}"
         rows.append({"model": label, "path": path, **{k: (round(v, 2) if isinstance(v, float) else v)
                                                       for k, v in speed.items()},
                      "prompt_tokens": ids.shape[1], "new_tokens": new_tokens, "threads": torch.get_num_threads(),
