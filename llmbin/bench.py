@@ -217,7 +217,9 @@ def _bench(path, shapes, batches, planes, json_path, new_tokens, device, threads
         from .decode_bench import run_decode_bench
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        rows = rows + run_decode_bench(path, new_tokens, device=dev, log=click.echo)
+        decode = run_decode_bench(path, new_tokens, device=dev, log=click.echo)
+        click.echo("\n" + format_table(decode))  # again, with the speedups
+        rows = rows + decode
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = json_path.with_suffix(json_path.suffix + ".tmp")
