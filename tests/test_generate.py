@@ -148,3 +148,14 @@ def test_cli_generate_bad_inputs(args, message, tiny_llama_dir):
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_decode_bench_rows_time_both_paths_on_the_same_tokens(tokenizer):
+    from llmbin.bench import _parse_batches
+    from llmbin.decode_bench import decode_rows
+
+    rows = decode_rows("packed", packed_tiny_llama(), tokenizer, new_tokens=6)
+    assert [r["path"] for r in rows] == ["hf-generate", "static-compiled"]
+    assert all(r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["threads"] >= 1 for r in rows)
+    assert all(r["greedy_tokens_agree"] for r in rows)  # HF's loop and the compiled step chose the same tokens
+    assert _parse_batches(None, None, ("1,4", "16")) == [1, 4, 16]
