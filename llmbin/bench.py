@@ -114,15 +114,15 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
     shapes, batches = shapes or BENCH_SHAPES, batches or BENCH_BATCHES
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
-    low = torch.float16 if cuda else torch.bfloat16
-    low_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[low]
-    base_names = {torch.float32: "F.linear fp32", low: f"F.linear {low_name}"}
+    lows = (torch.float16, torch.bfloat16) if cuda else (torch.bfloat16,)  # CUDA: both half types
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    base_names = {dt: f"F.linear {names[dt]}" for dt in (torch.float32, *lows)}
     machine = _machine()
     rows = []
     for n, k in shapes:
         gen = torch.Generator().manual_seed(1000 * n + k)
         w32 = torch.randn(n, k, generator=gen).to(dev) / k**0.5
-        wlow = w32.to(low)
+        ws = {dt: w32.to(dt) for dt in base_names}
         layers = {}
         for p in planes:
             fmt = random_bitplane(n, k, p, group, generator=gen)
@@ -132,21 +132,21 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
                     layers[(b.name, p)] = (b, b.prepare(module), module, _packed_bytes(fmt))
         for m in batches:
             x32 = torch.randn(m, k, generator=gen).to(dev)
-            xlow = x32.to(low)
-            fns = {base_names[torch.float32]: lambda: F.linear(x32, w32), base_names[low]: lambda: F.linear(xlow, wlow)}
+            xs = {dt: x32.to(dt) for dt in base_names}
+            fns = {name: (lambda dt=dt: F.linear(xs[dt], ws[dt])) for dt, name in base_names.items()}
             for (name, p), (b, state, module, _) in layers.items():
                 fns[f"{name} P{p}"] = lambda b=b, s=state, mod=module: b.forward(mod, s, x32)
             times = _cuda_times(fns) if cuda else _round_robin(fns, budget_s=budget_s)
             act = m * k * 4 + m * n * 4
-            sizes = {base_names[torch.float32]: n * k * 4 + act, base_names[low]: n * k * 2 + act // 2}
+            sizes = {name: n * k * (4 if dt == torch.float32 else 2) + (act if dt == torch.float32 else act // 2)
+                     for dt, name in base_names.items()}
             sizes.update({f"{name} P{p}": v[3] + act for (name, p), v in layers.items()})
             for cand, t in times.items():
                 rows.append({"shape": f"{n}x{k}", "n": n, "k": k, "m": m, "candidate": cand,
                              "planes": int(cand.split(" P")[-1]) if " P" in cand else None,
                              "group_size": group if " P" in cand else None, "device": str(dev),
                              "time_us": _sig(t * 1e6), "bytes": sizes[cand], "gbps": _sig(sizes[cand] / t / 1e9),
-                             "speedup_vs_fp32": _sig(times[base_names[torch.float32]] / t),
-                             f"speedup_vs_{low_name}": _sig(times[base_names[low]] / t)})
+                             **{f"speedup_vs_{names[dt]}": _sig(times[name] / t) for dt, name in base_names.items()}})
             if log:
                 log(format_table(rows[-len(times):], header=len(rows) == len(times)))
     machine["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -165,9 +165,8 @@ def format_table(rows: list[dict], header: bool = True) -> str:
 
         return format_decode(rows, header)
     else:
-        low = next((c for c in (rows[0] if rows else {}) if c.startswith("speedup_vs_") and c != "speedup_vs_fp32"),
-                   "speedup_vs_bf16")
-        cols = ["shape", "m", "candidate", "time_us", "bytes", "gbps", "speedup_vs_fp32", low]
+        lows = [c for c in (rows[0] if rows else {}) if c.startswith("speedup_vs_") and c != "speedup_vs_fp32"]
+        cols = ["shape", "m", "candidate", "time_us", "bytes", "gbps", "speedup_vs_fp32", *lows]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] if header else []
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
