@@ -7,7 +7,8 @@ compiled by torch.compile with fixed shapes: every packed linear is the extensio
 (llmbin_cpu::lut_matmul) or the triton custom op, so the whole step is one graph and its
 elementwise work fuses. Guards are checked on the first compiled call only (the step's inputs never
 change shape or identity afterwards). Greedy tokens equal the eager step's (tests); when the step
-cannot compile, one line says why and decoding continues eagerly.
+cannot compile, one line says why and decoding continues eagerly. Greedy decoding with a float32
+head on CPU picks the token with greedy_head.ScreenedHead (exact argmax, a quarter of the bytes).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class DecodeStats:
     decode_steps: int = 0
     compile_s: float = 0.0  # the first compiled step (tracing + codegen), excluded from decode_s
     mode: str = "eager"
+    head: str = "float"  # "screened": greedy tokens picked by ScreenedHead
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -83,6 +85,27 @@ def prepare_packed(model) -> int:
     return len(layers)
 
 
+def screened_greedy_head(model):
+    """A ScreenedHead when the logits are exactly a bias-free float32 linear of the decoder's output on CPU
+    (checked on a probe: no softcapping or scaling in between), else None."""
+    from .greedy_head import ScreenedHead
+
+    head = model.get_output_embeddings()
+    if not (isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.dtype == torch.float32
+            and head.weight.device.type == "cpu" and ScreenedHead.available()):
+        return None
+    try:
+        decoder = model.get_decoder()
+        probe = torch.arange(3).reshape(1, 3)
+        with torch.inference_mode():
+            logits = model(input_ids=probe, use_cache=False, logits_to_keep=1).logits[:, -1]
+            hidden = decoder(input_ids=probe, use_cache=False).last_hidden_state[:, -1]
+            same = torch.equal(torch.nn.functional.linear(hidden, head.weight), logits)
+    except Exception:  # noqa: BLE001 - an architecture without a separable decoder: use the full head
+        return None
+    return ScreenedHead(head.weight) if same else None
+
+
 def _device(model) -> torch.device:
     return next(model.parameters(), next(model.buffers(), torch.empty(0))).device
 
@@ -101,7 +124,7 @@ class Decoder:
     eager one (18 vs 24 tokens/s, 1 thread: inductor's extern mm calls), a packed one faster (51 vs 40).
     """
 
-    def __init__(self, model, max_len: int, compile: bool | None = None, log=None):
+    def __init__(self, model, max_len: int, compile: bool | None = None, log=None, screened_head: bool = True):
         from transformers import StaticCache
 
         self.model, self.device = model, _device(model)
@@ -113,32 +136,41 @@ class Decoder:
         packed = prepare_packed(model)
         compile = bool(packed) if compile is None else compile
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.compiled = None
-        self.warm = False  # the compiled step ran once: its guards held, later calls skip them
-        if compile:
-            self.compiled = torch.compile(self._step, dynamic=False, fullgraph=True)
+        self.head = screened_greedy_head(model) if screened_head else None
+        self.compile = compile
+        self.compiled = {}  # step kind -> compiled step; "off" after a failure
+        self.warm = set()  # kinds whose compiled step ran once: their guards held, later calls skip them
 
     @property
     def mode(self) -> str:
-        return "compiled" if self.compiled is not None else "eager"
+        return "compiled" if self.compile and self.compiled.get("failed") is None else "eager"
 
-    def _step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    def _logits_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=token, position_ids=position, cache=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 
-    def _compiled_step(self, token, position):
-        if self.warm:
+    def _hidden_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The final hidden state (what the head multiplies), for ScreenedHead."""
+        out = self.model.get_decoder()(input_ids=token, position_ids=position, cache=self.cache, use_cache=True)
+        return out.last_hidden_state[:, -1]
+
+    def _step(self, kind: str, token, position):
+        eager = self._hidden_step if kind == "hidden" else self._logits_step
+        if self.mode == "eager":
+            return eager(token, position)
+        if kind in self.warm:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self.compiled(token, position)
+                return self.compiled[kind](token, position)
         try:
-            logits = self.compiled(token, position)
+            fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True))
+            out = fn(token, position)
         except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             self.log(f"llmbin: the decode step could not be compiled ({type(exc).__name__}: {first}); decoding eagerly")
-            self.compiled = None
-            return self._step(token, position)
-        self.warm = True
-        return logits
+            self.compiled["failed"] = True
+            return eager(token, position)
+        self.warm.add(kind)
+        return out
 
     @torch.inference_mode()
     def stream(self, input_ids: torch.Tensor, max_new_tokens: int, sampler: Sampler | None = None,
@@ -152,7 +184,9 @@ class Decoder:
             raise LlmbinError(f"{length} prompt + {max_new_tokens} new tokens exceed this decoder's cache of "
                               f"{self.max_len}; build it with a larger max_len")
         self.cache.reset()
-        stats.prompt_tokens, stats.mode = length, self.mode
+        head = self.head if sampler.temperature <= 0 else None
+        kind = "hidden" if head is not None else "logits"
+        stats.prompt_tokens, stats.mode, stats.head = length, self.mode, "screened" if head is not None else "float"
         t = time.perf_counter()
         logits = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         token = sampler(logits)
@@ -165,10 +199,10 @@ class Decoder:
                 return
             tok = torch.tensor([[token]], device=self.device)
             pos = torch.tensor([[length + i]], device=self.device)
-            cold = self.compiled is not None and not self.warm
+            cold = self.mode == "compiled" and kind not in self.warm
             t = time.perf_counter()
-            logits = self._compiled_step(tok, pos) if self.compiled is not None else self._step(tok, pos)
-            token = sampler(logits)
+            out = self._step(kind, tok, pos)
+            token = head.argmax(out) if head is not None else sampler(out)
             _sync(self.device)
             dt = time.perf_counter() - t
             if cold:
@@ -284,6 +318,7 @@ def _generate(model_ref, prompt, max_new_tokens, temperature, top_p, seed, chat,
         sys.stdout.flush()
     click.echo("")
     compile_note = f", first compiled step {stats.compile_s:.1f} s" if stats.compile_s else ""
+    head_note = ", screened greedy head" if stats.head == "screened" else ""
     click.echo(f"[llmbin] {stats.new_tokens} tokens: decode {stats.decode_tokens_per_s:.1f} tokens/s ({stats.mode} "
-               f"static cache{compile_note}), prefill {stats.prompt_tokens} tokens at {stats.prefill_tokens_per_s:.1f} "
+               f"static cache{head_note}{compile_note}), prefill {stats.prompt_tokens} tokens at {stats.prefill_tokens_per_s:.1f} "
                f"tokens/s; {machine_line()}", err=True)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import tiny_llama
 from conftest_kernels import make_format
 from llmbin.cli import main
-from llmbin.generate import Decoder, Sampler, TextStream
+from llmbin.generate import Decoder, DecodeStats, Sampler, TextStream
 from llmbin.nn import QuantLinear
 
 PROMPT = "The history of the city begins with"
@@ -33,9 +33,11 @@ def hf_greedy(model, ids: torch.Tensor, new: int) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
-def decode(model, ids, compile: bool, new: int = NEW) -> tuple[list[int], str]:
-    decoder = Decoder(model, ids.shape[1] + new, compile=compile)
-    tokens = list(decoder.stream(ids, new, Sampler(), stop_ids={model.generation_config.eos_token_id}))
+def decode(model, ids, compile: bool, new: int = NEW, screened_head: bool = True) -> tuple[list[int], str]:
+    decoder = Decoder(model, ids.shape[1] + new, compile=compile, screened_head=screened_head)
+    stats = DecodeStats()
+    tokens = list(decoder.stream(ids, new, Sampler(), {model.generation_config.eos_token_id}, stats))
+    assert stats.head == ("screened" if screened_head else "float")
     return tokens, decoder.mode
 
 
@@ -55,11 +57,12 @@ def test_compiled_static_decode_matches_eager_and_hf_generate(backend, tokenizer
         reference = hf_greedy(model, ids, NEW)  # HF's own loop: dynamic cache, its own argmax
         assert {type(m._prepared[(torch.device("cpu"), torch.float32)][0]).__name__
                 for m in model.modules() if isinstance(m, QuantLinear)} == {f"{backend.capitalize()}Backend"}
-    eager, mode = decode(model, ids, compile=False)
-    assert mode == "eager" and eager == reference
-    compiled, mode = decode(model, ids, compile=True)
-    assert mode == "compiled", "the step fell back to eager"
-    assert compiled == eager
+    for screened in (True, False):  # the token from ScreenedHead, or from the full float32 logits
+        eager, mode = decode(model, ids, compile=False, screened_head=screened)
+        assert mode == "eager" and eager == reference
+        compiled, mode = decode(model, ids, compile=True, screened_head=screened)
+        assert mode == "compiled", "the step fell back to eager"
+        assert compiled == eager
 
 
 @pytest.mark.slow  # about a minute: the interpreted kernels run inside the compiled step
@@ -88,15 +91,34 @@ def test_compile_failure_falls_back_loudly(tokenizer, monkeypatch):
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     eager, _ = decode(model, ids, compile=False, new=4)
     lines = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler for inductor")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
     decoder = Decoder(model, ids.shape[1] + 4, compile=True, log=lines.append)
-
-    def broken(*args):
-        raise RuntimeError("no C++ compiler for inductor")
-
-    decoder.compiled = broken
     tokens = list(decoder.stream(ids, 4, Sampler()))
     assert tokens == eager and decoder.mode == "eager"
     assert len(lines) == 1 and "could not be compiled" in lines[0] and "no C++ compiler" in lines[0]
+
+
+def test_screened_head_returns_the_float32_argmax():
+    from llmbin.greedy_head import ScreenedHead
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5000, 96, generator=g) * 0.05
+    w[7] = w[11]
+    w[7, 3] += 1e-5  # rows 7 and 11 differ far below int8 resolution
+    head = ScreenedHead(w)
+    for i in range(300):
+        x = torch.randn(1, 96, generator=g) * (0.1 + 10 * torch.rand(1, generator=g))
+        if i % 3 == 0:  # steer rows 7/11 to the top: the screen cannot tell them apart, the rescoring must
+            x = (w[7] / w[7].norm() * 50 + x * 0.01).reshape(1, 96)
+            x[0, 3] = 40.0 * (1 if i % 2 else -1)
+        assert head.argmax(x) == int(torch.nn.functional.linear(x, w).argmax()), i
+    assert head.candidates < 300 * 50  # it screens: a handful of rows rescored per token, not all 5000
 
 
 def test_sampling_is_seeded_and_top_p_keeps_the_nucleus():
