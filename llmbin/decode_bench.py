@@ -3,8 +3,9 @@
 Each model decodes the same prompt for exactly `new_tokens` tokens (EOS ignored) two ways:
 - `hf-generate`: transformers' generate (dynamic cache), greedy: what a user of HF gets;
 - `static-compiled` / `static-eager`: llmbin's Decoder (static cache; the step compiled for packed
-  models, eager for float ones, as `llmbin generate` does), greedy; the first compiled step
-  (tracing + code generation, cached on disk) is reported as compile_s and not timed.
+  models, eager for float ones; a float32 head on CPU picks the greedy token through ScreenedHead;
+  as `llmbin generate` does), greedy; the first compiled step (tracing + code generation, cached on
+  disk) is reported as compile_s and not timed.
 Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = the new tokens
 after the first / the time they took. A streamer timestamps HF's tokens, so both ways are measured
 alike. Every row carries the thread count and the load average before and after it ran.
@@ -58,7 +59,7 @@ def static_speed(model, ids: torch.Tensor, new_tokens: int, compile: bool | None
     stats = DecodeStats()
     tokens = list(decoder.stream(ids, new_tokens, Sampler(), frozenset(), stats))
     return ({"prefill_tokens_per_s": stats.prefill_tokens_per_s, "decode_tokens_per_s": stats.decode_tokens_per_s,
-             "compile_s": round(stats.compile_s, 1), "mode": stats.mode}, tokens)
+             "compile_s": round(stats.compile_s, 1), "mode": stats.mode, "head": stats.head}, tokens)
 
 
 def decode_rows(label: str, model, tokenizer, new_tokens: int = 128, prompt: str = PROMPT, paths=PATHS) -> list[dict]:
@@ -68,6 +69,7 @@ def decode_rows(label: str, model, tokenizer, new_tokens: int = 128, prompt: str
         load_start = _load()
         fn = hf_generate_speed if path == "hf-generate" else static_speed
         speed, tokens[path] = fn(model, ids, new_tokens)
+        speed.setdefault("head", "float")
         if path == "static":
             path = f"static-{speed.pop('mode')}"
         rows.append({"model": label, "path": path, **{k: (round(v, 2) if isinstance(v, float) else v)
@@ -111,7 +113,7 @@ def run_decode_bench(path, new_tokens: int = 128, prompt: str = PROMPT, device: 
     return rows
 
 
-DECODE_COLS = ["model", "path", "prefill_tokens_per_s", "decode_tokens_per_s", "speedup_vs_float32_hf", "compile_s",
+DECODE_COLS = ["model", "path", "head", "prefill_tokens_per_s", "decode_tokens_per_s", "speedup_vs_float32_hf", "compile_s",
                "threads", "loadavg_start", "loadavg_end", "greedy_tokens_agree"]
 
 
