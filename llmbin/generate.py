@@ -137,13 +137,13 @@ class Decoder:
         compile = bool(packed) if compile is None else compile
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.head = screened_greedy_head(model) if screened_head else None
-        self.compile = compile
-        self.compiled = {}  # step kind -> compiled step; "off" after a failure
+        self.compile = compile  # becomes False when compiling fails
+        self.compiled = {}  # step kind ("hidden" or "logits") -> its compiled function
         self.warm = set()  # kinds whose compiled step ran once: their guards held, later calls skip them
 
     @property
     def mode(self) -> str:
-        return "compiled" if self.compile and self.compiled.get("failed") is None else "eager"
+        return "compiled" if self.compile else "eager"
 
     def _logits_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=token, position_ids=position, cache=self.cache, use_cache=True, logits_to_keep=1)
@@ -167,7 +167,7 @@ class Decoder:
         except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             self.log(f"llmbin: the decode step could not be compiled ({type(exc).__name__}: {first}); decoding eagerly")
-            self.compiled["failed"] = True
+            self.compile = False
             return eager(token, position)
         self.warm.add(kind)
         return out
