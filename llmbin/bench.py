@@ -1,5 +1,7 @@
 """Speed benchmarks (BENCH.md "Speed protocol"): packed-kernel tables and end-to-end decode tokens/s.
 
+Decode bench (a packed checkpoint PATH): llmbin/decode_bench.py.
+
 Kernel bench: for each shape N x K and batch M, every llmbin backend that can run here on the same
 random packed weights, against F.linear in float32 and bfloat16 (CUDA: float16 and bfloat16), in the
 same process. Candidates are timed round-robin, one call each per round, so a noisy neighbour slows
@@ -112,15 +114,15 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
     shapes, batches = shapes or BENCH_SHAPES, batches or BENCH_BATCHES
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
-    low = torch.float16 if cuda else torch.bfloat16
-    low_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[low]
-    base_names = {torch.float32: "F.linear fp32", low: f"F.linear {low_name}"}
+    lows = (torch.float16, torch.bfloat16) if cuda else (torch.bfloat16,)  # CUDA: both half types
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    base_names = {dt: f"F.linear {names[dt]}" for dt in (torch.float32, *lows)}
     machine = _machine()
     rows = []
     for n, k in shapes:
         gen = torch.Generator().manual_seed(1000 * n + k)
         w32 = torch.randn(n, k, generator=gen).to(dev) / k**0.5
-        wlow = w32.to(low)
+        ws = {dt: w32.to(dt) for dt in base_names}
         layers = {}
         for p in planes:
             fmt = random_bitplane(n, k, p, group, generator=gen)
@@ -130,21 +132,21 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
                     layers[(b.name, p)] = (b, b.prepare(module), module, _packed_bytes(fmt))
         for m in batches:
             x32 = torch.randn(m, k, generator=gen).to(dev)
-            xlow = x32.to(low)
-            fns = {base_names[torch.float32]: lambda: F.linear(x32, w32), base_names[low]: lambda: F.linear(xlow, wlow)}
+            xs = {dt: x32.to(dt) for dt in base_names}
+            fns = {name: (lambda dt=dt: F.linear(xs[dt], ws[dt])) for dt, name in base_names.items()}
             for (name, p), (b, state, module, _) in layers.items():
                 fns[f"{name} P{p}"] = lambda b=b, s=state, mod=module: b.forward(mod, s, x32)
             times = _cuda_times(fns) if cuda else _round_robin(fns, budget_s=budget_s)
             act = m * k * 4 + m * n * 4
-            sizes = {base_names[torch.float32]: n * k * 4 + act, base_names[low]: n * k * 2 + act // 2}
+            sizes = {name: n * k * (4 if dt == torch.float32 else 2) + (act if dt == torch.float32 else act // 2)
+                     for dt, name in base_names.items()}
             sizes.update({f"{name} P{p}": v[3] + act for (name, p), v in layers.items()})
             for cand, t in times.items():
                 rows.append({"shape": f"{n}x{k}", "n": n, "k": k, "m": m, "candidate": cand,
                              "planes": int(cand.split(" P")[-1]) if " P" in cand else None,
                              "group_size": group if " P" in cand else None, "device": str(dev),
                              "time_us": _sig(t * 1e6), "bytes": sizes[cand], "gbps": _sig(sizes[cand] / t / 1e9),
-                             "speedup_vs_fp32": _sig(times[base_names[torch.float32]] / t),
-                             f"speedup_vs_{low_name}": _sig(times[base_names[low]] / t)})
+                             **{f"speedup_vs_{names[dt]}": _sig(times[name] / t) for dt, name in base_names.items()}})
             if log:
                 log(format_table(rows[-len(times):], header=len(rows) == len(times)))
     machine["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -157,62 +159,17 @@ def run_kernel_bench(shapes=None, batches=None, planes=(1, 2), json_path=None, *
 
 
 def format_table(rows: list[dict], header: bool = True) -> str:
-    """Markdown table of kernel rows (or decode rows: they carry `tokens_per_s`)."""
-    if rows and "tokens_per_s" in rows[0]:
-        cols = ["model", "tokens_per_s", "new_tokens", "speedup_vs_float"]
+    """Markdown table of kernel rows (or decode rows: they carry `decode_tokens_per_s`)."""
+    if rows and "decode_tokens_per_s" in rows[0]:
+        from .decode_bench import format_decode
+
+        return format_decode(rows, header)
     else:
-        low = next((c for c in (rows[0] if rows else {}) if c.startswith("speedup_vs_") and c != "speedup_vs_fp32"),
-                   "speedup_vs_bf16")
-        cols = ["shape", "m", "candidate", "time_us", "bytes", "gbps", "speedup_vs_fp32", low]
+        lows = [c for c in (rows[0] if rows else {}) if c.startswith("speedup_vs_") and c != "speedup_vs_fp32"]
+        cols = ["shape", "m", "candidate", "time_us", "bytes", "gbps", "speedup_vs_fp32", *lows]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] if header else []
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
-
-
-@torch.inference_mode()
-def decode_tokens_per_s(model, tokenizer, prompt: str, new_tokens: int = 128) -> float:
-    """Greedy decode of exactly `new_tokens` tokens after a short warm-up; returns tokens per second."""
-    device = next(model.parameters(), next(model.buffers(), torch.empty(0))).device
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, **kwargs)  # prepares every layer's backend
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    generated = out.shape[-1] - inputs["input_ids"].shape[-1]
-    return generated / (time.perf_counter() - t)
-
-
-def run_decode_bench(packed_model, float_model, tokenizer, prompt: str = "The history of the city begins",
-                     new_tokens: int = 128, json_path=None) -> list[dict]:
-    """Tokens/s of the packed model vs its float model, same prompt and length."""
-    fp = decode_tokens_per_s(float_model, tokenizer, prompt, new_tokens)
-    pk = decode_tokens_per_s(packed_model, tokenizer, prompt, new_tokens)
-    rows = [{"model": "float", "tokens_per_s": round(fp, 2), "new_tokens": new_tokens, "speedup_vs_float": 1.0},
-            {"model": "packed", "tokens_per_s": round(pk, 2), "new_tokens": new_tokens,
-             "speedup_vs_float": round(pk / fp, 2)}]
-    for r in rows:
-        r.update(_machine(), prompt=prompt)
-    if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
-    return rows
-
-
-def load_decode_models(path: Path):
-    """(packed_model, float_model, tokenizer) for a packed checkpoint dir; the float model is the one it was made from."""
-    from .api import load
-    from .checkpoint import read_quant_config
-    from .models.loading import load_model
-
-    source = read_quant_config(path).get("provenance", {}).get("model")
-    if not source:
-        raise click.UsageError(f"{path} does not record the model it was quantized from (provenance.model)")
-    packed, tokenizer = load(path)
-    float_model, _ = load_model(source)
-    return packed, float_model, tokenizer
 
 
 def _parse_shape(ctx, param, values):
@@ -222,25 +179,48 @@ def _parse_shape(ctx, param, values):
         raise click.BadParameter(f"shapes look like 4096x4096, got {values}") from exc
 
 
+def _parse_batches(ctx, param, values):
+    """--batch 1 --batch 4, or --batch 1,4,16."""
+    try:
+        return [int(v) for s in values for v in str(s).split(",") if v.strip()] or None
+    except ValueError as exc:
+        raise click.BadParameter(f"batches look like 1,4,16, got {values}") from exc
+
+
 @click.command("bench")
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--shape", "shapes", multiple=True, callback=_parse_shape, help="N x K, e.g. 4096x4096 (repeatable)")
-@click.option("--batch", "batches", multiple=True, type=int, help="batch M (repeatable); default 1 4 16 64")
+@click.option("--batch", "batches", multiple=True, callback=_parse_batches,
+              help="batch M: repeatable or comma-separated (1,4,16); default 1,4,16,64")
 @click.option("--planes", multiple=True, type=int, default=(1, 2), show_default=True, help="bit planes (repeatable)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write rows as JSON")
 @click.option("--new-tokens", default=128, show_default=True, help="decode length for PATH")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when present)")
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's)")
 @click.option("--budget", default=2.0, show_default=True, help="seconds of timing per shape and batch")
-def bench_command(path, shapes, batches, planes, json_path, new_tokens, threads, budget):
-    """Kernel speed table (and, given a packed checkpoint PATH, end-to-end decode tokens/s)."""
+def bench_command(path, shapes, batches, planes, json_path, new_tokens, device, threads, budget):
+    """Kernel speed table; given a packed checkpoint PATH, prefill/decode tokens/s of it and of its float32 and
+    bf16 source (the kernel table then runs only with --shape)."""
+    from .cli import friendly_errors
+
+    friendly_errors(_bench)(path, shapes, batches, planes, json_path, new_tokens, device, threads, budget)
+
+
+def _bench(path, shapes, batches, planes, json_path, new_tokens, device, threads, budget):
     if threads:
         torch.set_num_threads(threads)
-    rows = run_kernel_bench(shapes, list(batches) or None, planes, None, budget_s=budget, log=click.echo)
+    rows = []
+    if path is None or shapes:
+        rows = run_kernel_bench(shapes, batches, planes, None, device=device, budget_s=budget, log=click.echo)
     if path is not None:
-        packed, float_model, tokenizer = load_decode_models(path)
-        decode = run_decode_bench(packed, float_model, tokenizer, new_tokens=new_tokens)
-        click.echo(format_table(decode))
+        from .decode_bench import run_decode_bench
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        decode = run_decode_bench(path, new_tokens, device=dev, log=click.echo)
+        click.echo("\n" + format_table(decode))  # again, with the speedups
         rows = rows + decode
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(rows, indent=1))
+        tmp = json_path.with_suffix(json_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(json_path)

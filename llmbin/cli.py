@@ -320,7 +320,14 @@ def _register_optional_commands() -> None:
     main.add_command(bench_command, name="bench")
 
 
+def _register_generate() -> None:
+    from .generate import generate_command
+
+    main.add_command(generate_command, name="generate")
+
+
 _register_optional_commands()
+_register_generate()
 
 if __name__ == "__main__":
     main()

@@ -47,12 +47,17 @@ class QuantLinear(nn.Module):
         self._prepared.clear()  # moved or cast: repack for the new device
         return super()._apply(fn, recurse)
 
+    def prepare(self, dtype: torch.dtype = torch.float32):
+        """Pick the backend for activations of `dtype` and repack for it (else done by the first forward)."""
+        key = (self._device(), dtype)
+        if key not in self._prepared:
+            backend = self.backend(dtype)
+            self._prepared[key] = (backend, backend.prepare(self))
+        return self._prepared[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.device, x.dtype)
-        if key not in self._prepared:
-            backend = self.backend(x.dtype)
-            self._prepared[key] = (backend, backend.prepare(self))
-        backend, state = self._prepared[key]
+        backend, state = self._prepared[key] if key in self._prepared else self.prepare(x.dtype)
         y = backend.forward(self, state, x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

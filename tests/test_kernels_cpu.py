@@ -151,3 +151,27 @@ def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
             for isa in isas:
                 err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref, w, x)
                 assert err <= TOL[dtype], f"{isa} {bits}-bit g{group} M={m} {dtype}: rel err {err:.2e}"
+
+
+def test_compiled_op_finds_the_plan_by_key_and_refuses_freed_ones(isas):
+    import gc
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fmt = make_format(40, 96, 32, 1, "ptq161")  # 40 rows: not a whole number of 16-row blocks
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    x = torch.randn(2, 3, 96)
+    y = torch.ops.llmbin_cpu.lut_matmul(x, state.key, 40, state.isa)
+    assert y.shape == (2, 3, 40) and y.is_contiguous()
+    assert torch.equal(y, cpu.lut_matmul(state, x))
+    assert rel_err(y, reference(fmt.dequantize(), x)) <= 1e-5
+    with FakeTensorMode() as mode:  # what torch.compile traces with
+        fake = torch.ops.llmbin_cpu.lut_matmul(mode.from_tensor(x), state.key, 40, state.isa)
+    assert fake.shape == (2, 3, 40) and fake.dtype == x.dtype
+    with pytest.raises(RuntimeError, match="has 40 rows, not 41"):
+        torch.ops.llmbin_cpu.lut_matmul(x, state.key, 41, state.isa)
+    key = state.key
+    del state
+    gc.collect()
+    with pytest.raises(RuntimeError, match="was freed"):
+        torch.ops.llmbin_cpu.lut_matmul(x, key, 40, 0)

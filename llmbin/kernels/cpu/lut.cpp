@@ -16,9 +16,14 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
+#include <torch/library.h>
+
 #include <algorithm>
-#include <limits>
+#include <atomic>
 #include <cstdint>
+#include <limits>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -329,12 +334,28 @@ __attribute__((target("avx512f"))) void sparse_avx512(const at::Half* vals, cons
 }
 #endif
 
+struct Plan;
+
+// Live plans by key: compiled graphs call the op `llmbin_cpu::lut_matmul(x, key, n, isa)`, which takes
+// only tensors and ints, so a plan is found by the key it got when it was built (and forgotten when freed).
+std::mutex registry_mutex;
+std::unordered_map<int64_t, const Plan*> registry;
+std::atomic<int64_t> next_key{0};
+
 // The repacked weights of one layer; forward() takes activations of any float dtype and shape [..., K].
 struct Plan {
   at::Tensor gidx, gscale, sp_values, sp_colidx, sp_rowptr;
   std::vector<at::Tensor> words, scales, offsets;
   std::vector<Seg> segs;
   int64_t N, K, NB, KX, NG, per_block = 0;
+  int64_t key = next_key++;
+
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    registry.erase(key);
+  }
 
   Plan(at::Tensor gidx_, at::Tensor gscale_, std::vector<at::Tensor> words_, std::vector<at::Tensor> scales_,
        std::vector<at::Tensor> offsets_, std::vector<int64_t> shape, at::Tensor spv, at::Tensor spc, at::Tensor spr,
@@ -367,6 +388,8 @@ struct Plan {
       per_block += ng * wpg * w.size(2);
     }
     TORCH_CHECK(word0 == KX, "segments do not cover the gather index");
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    registry[key] = this;
     if (sp_values.numel() > 0)
       TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt &&
                   sp_values.scalar_type() == at::kHalf &&
@@ -448,13 +471,29 @@ struct Plan {
   }
 };
 
+at::Tensor lut_matmul_op(const at::Tensor& x, int64_t key, int64_t n, int64_t isa) {
+  const Plan* plan;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto it = registry.find(key);
+    TORCH_CHECK(it != registry.end(), "llmbin cpu plan ", key, " was freed; a compiled graph outlived its model");
+    plan = it->second;
+  }
+  TORCH_CHECK(plan->N == n, "plan ", key, " has ", plan->N, " rows, not ", n);
+  return plan->forward(x, isa, false).contiguous();  // compiled graphs assume the fake's contiguous strides
+}
+
 }  // namespace
+
+TORCH_LIBRARY(llmbin_cpu, m) { m.def("lut_matmul(Tensor x, int key, int n, int isa) -> Tensor"); }
+TORCH_LIBRARY_IMPL(llmbin_cpu, CPU, m) { m.impl("lut_matmul", &lut_matmul_op); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Plan>(m, "Plan")
       .def(pybind11::init<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                           std::vector<at::Tensor>, std::vector<int64_t>, at::Tensor, at::Tensor, at::Tensor, int64_t,
                           int64_t>())
+      .def_readonly("key", &Plan::key)
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");

@@ -1,0 +1,183 @@
+"""Static-cache decode (eager and compiled) against HF generate, per kernel backend; `llmbin generate` inputs."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import tiny_llama
+from conftest_kernels import make_format
+from llmbin.cli import main
+from llmbin.generate import Decoder, DecodeStats, Sampler, TextStream
+from llmbin.nn import QuantLinear
+
+PROMPT = "The history of the city begins with"
+NEW = 12
+
+
+def packed_tiny_llama(seed: int = 0):
+    """Tiny Llama whose every decoder linear is a random PTQ1.61-shaped bit-plane layer (salient block, perm, r2)."""
+    model = tiny_llama(seed=seed)
+    for i, (name, lin) in enumerate([(n, m) for n, m in model.named_modules()
+                                     if isinstance(m, torch.nn.Linear) and ".layers." in n]):
+        fmt = make_format(lin.out_features, lin.in_features, 32, 1, "ptq161", seed=seed * 100 + i)
+        parent = model.get_submodule(name.rsplit(".", 1)[0])
+        setattr(parent, name.rsplit(".", 1)[1], QuantLinear.from_format(fmt))
+    return model.eval()
+
+
+def hf_greedy(model, ids: torch.Tensor, new: int) -> list[int]:
+    out = model.generate(ids, max_new_tokens=new, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def decode(model, ids, compile: bool, new: int = NEW, screened_head: bool = True) -> tuple[list[int], str]:
+    decoder = Decoder(model, ids.shape[1] + new, compile=compile, screened_head=screened_head)
+    stats = DecodeStats()
+    tokens = list(decoder.stream(ids, new, Sampler(), {model.generation_config.eos_token_id}, stats))
+    assert stats.head == ("screened" if screened_head else "float")
+    return tokens, decoder.mode
+
+
+def backends_on_cpu():
+    out = ["torch"]
+    if shutil.which("c++") or shutil.which("g++"):
+        out.append("cpu")
+    return out
+
+
+@pytest.mark.parametrize("backend", backends_on_cpu())
+def test_compiled_static_decode_matches_eager_and_hf_generate(backend, tokenizer, monkeypatch):
+    monkeypatch.setenv("LLMBIN_BACKEND", backend)
+    model = packed_tiny_llama()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        reference = hf_greedy(model, ids, NEW)  # HF's own loop: dynamic cache, its own argmax
+        assert {type(m._prepared[(torch.device("cpu"), torch.float32)][0]).__name__
+                for m in model.modules() if isinstance(m, QuantLinear)} == {f"{backend.capitalize()}Backend"}
+    for screened in (True, False):  # the token from ScreenedHead, or from the full float32 logits
+        eager, mode = decode(model, ids, compile=False, screened_head=screened)
+        assert mode == "eager" and eager == reference
+        compiled, mode = decode(model, ids, compile=True, screened_head=screened)
+        assert mode == "compiled", "the step fell back to eager"
+        assert compiled == eager
+
+
+@pytest.mark.slow  # about a minute: the interpreted kernels run inside the compiled step
+def test_triton_backend_compiles_into_the_step_under_the_interpreter(tokenizer, monkeypatch):
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("a CUDA machine runs the triton backend natively (test_kernels_triton)")
+    from llmbin.kernels import BACKENDS, _load_optional_backends
+
+    _load_optional_backends()
+    monkeypatch.setattr(type(BACKENDS["triton"]), "supports", lambda self, meta, device, dtype: None)
+    monkeypatch.setenv("LLMBIN_BACKEND", "triton")
+    model = packed_tiny_llama(seed=1)
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids[:, :4]
+    with torch.inference_mode():
+        reference = hf_greedy(model, ids, 4)
+    eager, _ = decode(model, ids, compile=False, new=4)
+    compiled, mode = decode(model, ids, compile=True, new=4)
+    assert eager == reference and mode == "compiled" and compiled == eager
+
+
+def test_compile_failure_falls_back_loudly(tokenizer, monkeypatch):
+    model = packed_tiny_llama()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    eager, _ = decode(model, ids, compile=False, new=4)
+    lines = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler for inductor")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    decoder = Decoder(model, ids.shape[1] + 4, compile=True, log=lines.append)
+    tokens = list(decoder.stream(ids, 4, Sampler()))
+    assert tokens == eager and decoder.mode == "eager"
+    assert len(lines) == 1 and "could not be compiled" in lines[0] and "no C++ compiler" in lines[0]
+
+
+def test_screened_head_returns_the_float32_argmax():
+    from llmbin.greedy_head import ScreenedHead
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5000, 96, generator=g) * 0.05
+    w[7] = w[11]
+    w[7, 3] += 1e-5  # rows 7 and 11 differ far below int8 resolution
+    head = ScreenedHead(w)
+    for i in range(300):
+        x = torch.randn(1, 96, generator=g) * (0.1 + 10 * torch.rand(1, generator=g))
+        if i % 3 == 0:  # steer rows 7/11 to the top: the screen cannot tell them apart, the rescoring must
+            x = (w[7] / w[7].norm() * 50 + x * 0.01).reshape(1, 96)
+            x[0, 3] = 40.0 * (1 if i % 2 else -1)
+        assert head.argmax(x) == int(torch.nn.functional.linear(x, w).argmax()), i
+    assert head.candidates < 300 * 50  # it screens: a handful of rows rescored per token, not all 5000
+
+
+def test_sampling_is_seeded_and_top_p_keeps_the_nucleus():
+    logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
+    draws = [Sampler(1.0, 0.5, seed=3)(logits) for _ in range(5)]
+    assert set(draws) == {0}  # p(0) = 0.73 >= 0.5: the nucleus is token 0 alone
+    a = [Sampler(1.0, 1.0, seed=7)(logits * 0.1) for _ in range(3)]
+    s1, s2 = Sampler(1.0, 1.0, seed=7), Sampler(1.0, 1.0, seed=7)
+    assert [s1(logits * 0.1) for _ in range(20)] == [s2(logits * 0.1) for _ in range(20)]
+    assert len(a) == 3 and Sampler()(logits) == 0
+
+
+def test_text_stream_joins_to_the_full_decode(tokenizer):
+    ids = tokenizer("naïve café — 東京 ok", add_special_tokens=False).input_ids
+    stream = TextStream(tokenizer)
+    assert "".join(stream.push(t) for t in ids) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def test_cli_generate_prints_hf_greedy_continuation(tiny_llama_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected = tokenizer.decode(hf_greedy(model, ids, 6), skip_special_tokens=True)
+    result = run("generate", tiny_llama_dir, "--prompt", PROMPT, "--max-new-tokens", 6, "--no-compile")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip("\n") == expected
+    assert "tokens/s" in result.stderr and "eager static cache" in result.stderr
+    piped = run("generate", tiny_llama_dir, "--max-new-tokens", 6, "--no-compile", input=PROMPT)
+    assert piped.exit_code == 0 and piped.stdout == result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/no/such/model", "--prompt", "hi"], "does not exist"),
+    (["{tiny}", "--prompt", "   "], "prompt is empty"),
+    (["{tiny}"], "prompt is empty"),  # nothing on stdin
+    (["{tiny}", "--prompt", "word " * 300], "longer than the model's context of 256"),
+    (["{tiny}", "--prompt", "hello", "--max-new-tokens", "400"], "lower --max-new-tokens"),
+    (["{tiny}", "--prompt", "hello", "--temperature", "1", "--top-p", "0"], "--top-p"),
+], ids=["missing model", "blank prompt", "no prompt", "prompt over context", "prompt+new over context", "bad top-p"])
+def test_cli_generate_bad_inputs(args, message, tiny_llama_dir):
+    result = run("generate", *[a.replace("{tiny}", str(tiny_llama_dir)) for a in args], "--no-compile", input="")
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_decode_bench_rows_time_both_paths_on_the_same_tokens(tokenizer):
+    from llmbin.bench import _parse_batches
+    from llmbin.decode_bench import decode_rows
+
+    rows = decode_rows("packed", packed_tiny_llama(), tokenizer, new_tokens=6)
+    assert [r["path"] for r in rows] == ["hf-generate", "static-compiled"]
+    assert all(r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["threads"] >= 1 for r in rows)
+    assert all(r["greedy_tokens_agree"] for r in rows)  # HF's loop and the compiled step chose the same tokens
+    assert _parse_batches(None, None, ("1,4", "16")) == [1, 4, 16]
