@@ -28,8 +28,12 @@ CONFIGS = {
     "gptq2-g64": ["--method", "gptq", "--bits", "2", "--group-size", "64"],
     "gptq3": ["--method", "gptq", "--bits", "3", "--group-size", "128"],
     "pbllm": ["--recipe", "pbllm-1.7"],
-    "ptq161-e5": ["--method", "ptq161", "--set", "epochs=5"],  # the method's default ratio 0.2, as the reference
-    "ptq161-recipe-e5": ["--recipe", "ptq161", "--set", "epochs=5"],  # the recipe's 0.175 (1.646 bits all-in)
+    # the reference's configuration: ratio 0.2, plain signs, grid of the entire row (earlier rows: "ptq161-e5")
+    "ptq161-ref-e5": ["--method", "ptq161", "--set", "epochs=5", "--set", "salient_ratio=0.2", "--set", "sign_fix=plain",
+                      "--set", "salient_grid=row"],
+    "ptq161-e5": ["--method", "ptq161", "--set", "epochs=5"],  # the method's defaults: bpw 1.65, GPTQ signs, salient grid
+    "ptq161-recipe-e5": ["--recipe", "ptq161", "--set", "epochs=5"],  # the recipe (bpw 1.65: 1.6425 bits all-in)
+    "ptq161-pre": ["--recipe", "ptq161", "--set", "preprocess.enabled=true"],  # PTQ1.61 with preprocessing
     "ptq161-recipe-e10": ["--recipe", "ptq161", "--set", "epochs=10"],  # twice the reference's epochs
     "ptq161": ["--recipe", "ptq161"],
     "dbllm": ["--recipe", "dbllm-2bit"],
