@@ -155,10 +155,11 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
         results = quantize_pass(method, work)
         generator = torch.Generator().manual_seed(recipe.calibration.seed)
         changed = method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
-        embeddings = quantize_embeddings(model, recipe.pipeline, windows, log, streamed=stream is not None)
-        # distillation last: it trains the decoder's scales against the teacher with the packed head in place
+        # distillation trains the decoder's scales with the float embeddings and head; they are packed after it,
+        # the head calibrated on the distilled decoder's final hidden states
         distill_stats = _distill_stage(model, results, model_ref, tokenizer, recipe, device, log, work)
         changed = changed or bool(distill_stats and distill_stats["kept"])
+        embeddings = quantize_embeddings(model, recipe.pipeline, windows, log, streamed=stream is not None)
     except LlmbinError:
         if work is not None and not work.finished:
             work.discard()  # nothing worth resuming

@@ -219,7 +219,7 @@ def replay_check_command(model, dataset, nsamples, seqlen, seed, batch_size, tol
     if dataset:
         ids = calibration_windows(token_stream(tokenizer, load_text(dataset, split="calibration")), nsamples, seqlen, seed)
     else:
-        vocab = m.get_input_embeddings().weight.shape[0]
+        vocab = m.get_input_embeddings().num_embeddings
         ids = torch.randint(0, vocab, (nsamples, seqlen), generator=torch.Generator().manual_seed(seed))
     report = replay_check(m, ids, batch_size)
     for i, err in enumerate(report["layers"]):

@@ -167,7 +167,9 @@ def quantize_embeddings(model: nn.Module, options, windows: torch.Tensor, log, s
         set_submodule(model, out_name, TiedQuantHead(packed))
         record["input"] = {"module": in_name, "meta": packed.meta}
         record["output"] = {"module": out_name, "tied_to": in_name}
-        model.all_tied_weights_keys = {}  # the packed matrix is shared by reference; nothing for transformers to tie
+        from .integrations.hf_quantizer import untie_packed
+
+        untie_packed(model)
         log.module(module=f"{in_name} (= {out_name})", format=fmt.name, bits=fmt.bits, group_size=fmt.group_size,
                    seconds=round(time.perf_counter() - start, 3), **metrics)
         return record
@@ -228,5 +230,6 @@ def install_packed_embeddings(model: nn.Module, record: dict | None) -> None:
             head = QuantLinear(out["meta"], bias is not None, bias.dtype if bias is not None else torch.float32)
         head._is_hf_initialized = True
         set_submodule(model, out["module"], head)
+
     if out and "tied_to" in out:
         model.all_tied_weights_keys = {}

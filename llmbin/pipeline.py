@@ -200,7 +200,7 @@ def quantize_model(model: nn.Module, method: QuantMethod, calib_ids: torch.Tenso
 
 def _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream):
     prefix, layers = decoder_layers(model)
-    hidden_size = model.get_input_embeddings().weight.shape[1]
+    hidden_size = model.get_input_embeddings().embedding_dim
     dtype = next(model.parameters()).dtype
     est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size, options)
     log.note(f"pre-flight memory: {_fmt_gb(est['host'])} host = weights {_fmt_gb(est['weights'])}"

@@ -16,7 +16,7 @@ OPTIONS = [
     ("pbllm", {"arb_iters": 3}),
     ("dbllm", {"act_order": True}),
 ]
-BASE = {"ptq161": {"epochs": 2, "precision": "fp32"}, "pbllm": {}, "dbllm": {}}
+BASE = {"ptq161": {"epochs": 2, "precision": "fp32", "bpw": 3.0}, "pbllm": {}, "dbllm": {}}
 
 
 def quantized_weights(method: str, params: dict) -> torch.Tensor:

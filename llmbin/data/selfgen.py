@@ -10,7 +10,7 @@ def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, ba
                      top_k: int = 50) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_input_embeddings().num_embeddings
     out = []
     for start in tqdm(range(0, nsamples, batch_size), desc="selfgen calibration text", unit="batch"):
         b = min(batch_size, nsamples - start)

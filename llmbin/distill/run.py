@@ -210,6 +210,11 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
     path, out, options = Path(path), Path(out), options or DistillOptions()
     options.check()
     qc = read_quant_config(path)
+    packed = qc.get("embeddings") or {}
+    if packed.get("input") or packed.get("output"):
+        raise LlmbinError(f"{path} stores its embeddings/head packed, and distillation trains with float ones; "
+                          "distill during quantization instead (--set distill.enabled=true runs before they are "
+                          "packed), or quantize with --set pipeline.embeddings=none")
     teacher_ref = resolve_teacher(path, qc, teacher)
     dataset = dataset or qc.get("provenance", {}).get("calibration")
     _check_dataset(dataset, options, path)

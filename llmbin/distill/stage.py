@@ -90,8 +90,8 @@ def estimate_memory(student, formats: dict[str, PackedFormat], options: DistillO
     dense = sum(4 * f.out_features * f.in_features for f in formats.values())  # fp32 weights the wrappers rebuild
     floats = sum(t.numel() * 4 for f in formats.values() for t in f.floats().values())
     tokens = options.batch_size * options.seqlen
-    hidden = student.get_input_embeddings().weight.shape[1]
-    vocab = student.get_output_embeddings().weight.shape[0]
+    embedding = student.get_input_embeddings()  # nn.Embedding or a packed QuantEmbedding: both carry their shape
+    hidden, vocab = embedding.embedding_dim, embedding.num_embeddings
     layers = layer_stack(student, formats)
     widest = max(f.out_features for f in formats.values()) if formats else hidden
     acts = tokens * 4 * (hidden * len(layers) + 12 * max(hidden, widest))  # checkpointed inputs + one layer live

@@ -63,6 +63,11 @@ class LlmbinHfQuantizer(HfQuantizer):
                                       {**self.quantization_config.modules, **packed_embedding_modules(record)})
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        record = getattr(self.quantization_config, "embeddings", None)
+        if record and record.get("tied") and record.get("input"):
+            # the packed matrix is shared by reference: a later tie_weights() (lm-eval calls one) must not look
+            # for the float `weight` parameters that no longer exist
+            untie_packed(model)
         return model
 
     def is_serializable(self, safe_serialization=None):
@@ -71,6 +76,13 @@ class LlmbinHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def untie_packed(model) -> None:
+    """The packed matrix is shared by reference; transformers' tie_weights() (lm-eval calls one, and it recomputes
+    the mapping from the class's `_tied_weights_keys`) must not look for float `weight` parameters."""
+    model._tied_weights_keys = None
+    model.all_tied_weights_keys = {}
 
 
 def convert_to_quant_linears(model, modules: dict) -> None:
