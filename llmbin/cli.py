@@ -309,7 +309,7 @@ def distill(checkpoint, out, teacher, dataset, recipe, overrides, device, memory
     s = result.stats
     click.echo(f"wrote {out}: held-out distillation loss {s['loss_before']:.4f} -> {s['loss_after']:.4f} "
                f"({'kept' if s['kept'] else 'no gain: original tensors kept'}), {s['steps']} steps on {s['modules']} "
-               f"linears, {s['seconds']} s")
+               f"linears, {s['seconds']} s, peak RSS {s['peak_rss_mb']:.0f} MB")
 
 
 def _register_optional_commands() -> None:

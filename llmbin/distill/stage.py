@@ -266,5 +266,5 @@ class Stage:
                  "seconds": round(time.perf_counter() - start_time, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
         self.note(f"distill: held-out loss {loss_before:.4f} -> {loss_after:.4f} "
                   f"({'kept' if kept else 'no gain, original tensors kept'}), {step} steps on {len(self.names)} "
-                  f"linears in {stats['seconds']} s")
+                  f"linears in {stats['seconds']} s, peak RSS {stats['peak_rss_mb']:.0f} MB")
         return DistillRun(formats, self.modules, stats)
