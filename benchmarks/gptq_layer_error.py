@@ -6,6 +6,10 @@ error ||X (W - Q)^T||^2 / ||X W^T||^2 of RTN and GPTQ on both token sets. GPTQ m
 error on the calibration tokens; if its advantage over RTN shrinks or reverses on the evaluation tokens,
 the Hessian it fitted does not describe the text it is scored on (overfitting / domain shift).
 "evaltok" is the median over evaluation tokens of each token's own relative error (the typical token).
+"upstream" scores ||X W^T - X~ Q^T||^2 / ||X W^T||^2 with X~ the inputs the layer gets when every linear
+upstream is RTN-quantized (the layer's share of a quantized model's error, upstream noise included);
+"weight" is ||W - Q||^2 / ||W||^2: GPTQ buys its lower output error with larger weight changes, which
+upstream noise in the inputs' low-variance directions then multiplies.
 
     python benchmarks/gptq_layer_error.py --model smollm2-135m --calib CALIB --eval EVAL --layers 2,10,20
 """
@@ -86,6 +90,16 @@ def main():
     modules = {m: f"{prefix}.{i}.{n}" for i in layer_ids for n, m in find_linears(layers[i]).items()}
     xs_cal = capture_inputs(model, calib, modules, max(layer_ids))
     xs_eval = capture_inputs(model, evalw, modules, max(layer_ids))
+    # the same evaluation inputs when every linear upstream is RTN-quantized: what a quantized model feeds a layer
+    originals = {m: m.weight.detach().clone() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            for m in find_linears(layer).values():
+                m.weight.copy_(rtn_format(m.weight.float(), args.bits, args.group_size).dequantize())
+    xs_noisy = capture_inputs(model, evalw, modules, max(layer_ids))
+    with torch.no_grad():
+        for m, w in originals.items():
+            m.weight.copy_(w)
     rows = []
     for module, name in modules.items():
         w, xc, xe = module.weight.detach().float(), xs_cal[name], xs_eval[name]
@@ -94,13 +108,16 @@ def main():
         for label, act in (("gptq", False), ("gptq-act", True)):
             quantizer = UniformColumnQuantizer(*w.shape, args.bits, args.group_size)
             quants[label] = gptq_quantize(w, h, quantizer, 128, 0.01, act)[0]
-        row = {"module": name, **{f"{k}_calib": rel_error(xc, w, q) for k, q in quants.items()},
+        xn, target = xs_noisy[name], xe @ w.T
+        row = {"module": name,
+               **{f"{k}_upstream": float(((target - xn @ q.T) ** 2).sum() / (target ** 2).sum()) for k, q in quants.items()},
+               **{f"{k}_weight": float(((w - q) ** 2).sum() / (w ** 2).sum()) for k, q in quants.items()}, **{f"{k}_calib": rel_error(xc, w, q) for k, q in quants.items()},
                **{f"{k}_eval": rel_error(xe, w, q) for k, q in quants.items()},
                **{f"{k}_evaltok": median_token_error(xe, w, q) for k, q in quants.items()}}
         rows.append(row)
         print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     summary = {}
-    for part in ("calib", "eval", "evaltok"):
+    for part in ("calib", "eval", "evaltok", "upstream", "weight"):
         for k in ("gptq", "gptq-act"):
             ratios = torch.tensor([r[f"{k}_{part}"] / r[f"rtn_{part}"] for r in rows])
             summary[f"{k}/rtn {part} (geo-mean)"] = round(float(ratios.log().mean().exp()), 4)

@@ -17,7 +17,10 @@ class GPTQParams:
     group_size: int = 128  # -1: one group per row
     blocksize: int = 128
     percdamp: float = 0.01
-    act_order: bool = False
+    # act-order by default: on SmolLM2 (v1 text) GPTQ-4 g128 in column order lost to RTN-4 g128 (35.9 vs 32.0,
+    # damping 0.1/1.0 and static groups did not help); visiting columns by decreasing H_jj beat RTN (31.2)
+    # (benchmarks/results/compare-v2/README.md). Groups then use parameters fitted before the feedback.
+    act_order: bool = True
     static_groups: bool = False
     fit: str = "minmax"  # minmax | mse: each group's range clipped to the least diag(H)-weighted squared error
 
