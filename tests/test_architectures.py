@@ -5,6 +5,7 @@ import transformers as tf
 
 import llmbin  # noqa: F401  (registers the quantizer)
 from llmbin.checkpoint import pack_model
+from conftest import save_packed
 from llmbin.methods import get_method
 from llmbin.models.walk import decoder_layers, find_linears
 from llmbin.pipeline import QuantLog, quantize_model
@@ -109,10 +110,7 @@ def test_packed_embeddings_every_architecture(arch, tmp_path):
             reference.get_output_embeddings().weight.data = head.packed_format().dequantize()
         expected = reference(ids).logits
         torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
-    pack_model(model, results)
-    model.config.quantization_config = {"quant_method": "llmbin", "format_version": 2, "embeddings": record,
-                                        "modules": {n: r.format.meta() for n, r in results.items()}}
-    model.save_pretrained(tmp_path)
+    save_packed(model, results, tmp_path, format_version=2, embeddings=record)
     reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, expected, atol=1e-5, rtol=1e-5)

@@ -11,7 +11,7 @@ import torch
 import transformers as tf
 
 import llmbin  # noqa: F401
-from llmbin.checkpoint import pack_model
+from conftest import save_packed
 from llmbin.kernels import select_backend
 from llmbin.methods import get_method
 from llmbin.pipeline import QuantLog, quantize_model
@@ -40,10 +40,7 @@ def test_bf16_calibrated_equals_packed_bf16(method, source, tmp_path, monkeypatc
     assert next(model.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         in_memory = model(ids).logits
-    pack_model(model, results)
-    model.config.quantization_config = {"quant_method": "llmbin", "format_version": 1,
-                                        "modules": {n: r.format.meta() for n, r in results.items()}}
-    model.save_pretrained(tmp_path)
+    save_packed(model, results, tmp_path)
 
     monkeypatch.setenv("LLMBIN_BACKEND", "torch")
     reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)

@@ -5,7 +5,7 @@ import torch
 import transformers as tf
 
 import llmbin  # noqa: F401  (registers the quantizer)
-from llmbin.checkpoint import pack_model
+from conftest import save_packed
 from llmbin.methods import get_method
 from llmbin.models.walk import capture_layer_calls, decoder_layers, layer_output
 from llmbin.pipeline import QuantLog, quantize_model
@@ -71,10 +71,7 @@ def test_quantize_save_reload_mixed_layers(arch, tmp_path):
     results = quantize_model(model, method, x, PipelineOptions(batch_size=2), seed=0, log=QuantLog(verbose=False))
     with torch.no_grad():
         in_memory = model(x).logits
-    pack_model(model, results)
-    model.config.quantization_config = {"quant_method": "llmbin", "format_version": 1,
-                                        "modules": {n: r.format.meta() for n, r in results.items()}}
-    model.save_pretrained(tmp_path)
+    save_packed(model, results, tmp_path)
     reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x).logits, in_memory, atol=1e-5, rtol=1e-5)
