@@ -9,6 +9,14 @@ reads llmbin checkpoints. It imports neither triton nor CUDA.
 """
 __version__ = "0.1.0"
 
+import os as _os
+
+# OpenMP threads that spin while they wait for work turn a shared 2-core machine into a queue: beside another
+# job, block training ran 18x slower instead of 2x (benchmarks/results/shared-cores.md). Passive waiting costs
+# nothing measurable alone. Effective only when llmbin is imported before torch (the CLI always is); an explicit
+# OMP_WAIT_POLICY wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .api import QuantizedModel, evaluate_ppl, load, quantize  # noqa: E402
 from .errors import LlmbinError  # noqa: E402
 from .integrations import hf_quantizer as _hf_quantizer  # noqa: E402,F401  (registers "llmbin" with transformers)

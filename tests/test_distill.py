@@ -143,10 +143,11 @@ def quantized(tmp_path_factory, tiny_llama_dir, text_file):
 
     def get(label):
         if label not in made:
-            method, params, _ = RECIPES[label]
+            method, params, _ = RECIPES[label.removesuffix("+int5")]
             out = tmp_path_factory.mktemp(label) / "packed"
+            embeddings = "int5-g32" if label.endswith("+int5") else "none"  # packed embeddings stay frozen
             recipe = Recipe.create(method, params, {"dataset": str(text_file), "nsamples": 4, "seqlen": 32},
-                                   pipeline={"embeddings": "none"})  # `llmbin distill` trains with float ones
+                                   pipeline={"embeddings": embeddings})
             llmbin.quantize(str(tiny_llama_dir), recipe, out=out, verbose=False)
             made[label] = out
         return made[label]
@@ -196,6 +197,29 @@ def test_distilled_checkpoint_equals_trained_model_and_keeps_codes(label, quanti
     config = llmbin.checkpoint.read_quant_config(out)
     assert config["distill"]["kept"] and config["distill"]["options"]["loss"] == "entropy_kl"
     assert "1 + gamma * H_t / log V" in (out / "README.md").read_text()
+
+
+def test_packed_embeddings_stay_frozen_and_the_checkpoint_equals_the_trained_model(quantized, tmp_path):
+    """A checkpoint with a packed (tied) embedding/head: the stage trains through the head's dequantized matrix,
+    stores the same embedding bytes, and what it writes computes the trained model's logits."""
+    import transformers
+
+    import llmbin
+
+    source = quantized("gptq+int5")
+    assert llmbin.checkpoint.read_quant_config(source)["embeddings"]["input"]
+    outcome = llmbin.api.distill(source, tmp_path / "d", options=DistillOptions(**SMALL), verbose=False)
+    assert outcome.stats["kept"] and outcome.stats["loss_after"] < outcome.stats["loss_before"]
+    assert not any("embed" in n or "lm_head" in n for n in outcome.formats)
+    ids = torch.randint(0, 49152, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trained = outcome.model(input_ids=ids).logits
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "d")(input_ids=ids).logits
+    assert (loaded - trained).abs().max() < 1e-4 * trained.abs().max()
+    old, new = stored_tensors(source), stored_tensors(tmp_path / "d")
+    embedding = [k for k in old if "embed_tokens" in k]
+    assert embedding and all(torch.equal(old[k], new[k]) for k in embedding)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.endswith("scales") and "layers" in k)
 
 
 def test_missing_teacher_stops_with_one_line_naming_the_flag(quantized, tmp_path, tiny_llama_dir):

@@ -25,6 +25,7 @@ class Spy:
 
     def __init__(self, monkeypatch, alter_masks=None):
         self.masks, self.stats, self.lora_calls, self.layer_calls = None, None, 0, []
+        self.lora_windows, self.layer_epochs = [], []
         real_run, real_train, real_layer = pre.run_preprocess, pre.train_lora, PTQ161.quantize_layer
         self.interrupt_lora = self.interrupt_pass2 = False
 
@@ -37,12 +38,14 @@ class Spy:
 
         def train(*args, **kwargs):
             self.lora_calls += 1
+            self.lora_windows.append(len(args[2]))
             if self.interrupt_lora:
                 raise KeyboardInterrupt  # a kill: nothing is cleaned up
             return real_train(*args, **kwargs)
 
         def layer(method, ctx):
             self.layer_calls.append((bool(method.fixed_masks), ctx.index))
+            self.layer_epochs.append(method.params.epochs)
             if self.interrupt_pass2 and method.fixed_masks and ctx.index == 1:
                 raise KeyboardInterrupt
             return real_layer(method, ctx)
@@ -85,6 +88,15 @@ def test_second_pass_keeps_the_first_pass_masks(whole):
     assert all(torch.equal(spy.masks[n], m) for n, m in stored_masks(qm).items())
     assert [i for fixed, i in spy.layer_calls if fixed] == [0, 1]  # pass 2 ran with the fixed masks
     assert len(spy.layer_calls) == 4
+
+
+def test_pass1_trains_no_scales_by_default_and_the_lora_takes_the_first_windows(tiny_llama_dir, text_file, tmp_path,
+                                                                                 monkeypatch):
+    spy = Spy(monkeypatch)
+    llmbin.quantize(str(tiny_llama_dir), recipe(text_file, **{"preprocess.windows": 4}), out=tmp_path / "w",
+                    verbose=False)
+    assert spy.lora_windows == [4]  # of the 8 calibration windows
+    assert spy.layer_epochs == [0, 0, 1, 1]  # pass 1 (pass1_epochs default 0), then pass 2 with the recipe's epochs
 
 
 def test_second_pass_uses_exactly_the_masks_it_is_given(tiny_llama_dir, text_file, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -188,6 +189,35 @@ def _replace_float_tensors(work: Path, formats: dict) -> None:
         raise LlmbinError(f"{len(wanted)} distilled tensor(s) (e.g. {next(iter(wanted))}) are missing from the shards")
 
 
+def frozen_packed_head(model):
+    """The packed output head (a QuantLinear, or a TiedQuantHead on a packed embedding), or None when it is float."""
+    from ..nn import QuantLinear
+    from ..nn_embedding import TiedQuantHead
+
+    head = model.get_output_embeddings()
+    return head if isinstance(head, (QuantLinear, TiedQuantHead)) else None
+
+
+@contextmanager
+def differentiable_head(model, head):
+    """While the stage trains, a packed head runs as a frozen float linear holding exactly its dequantized matrix:
+    the gradient must flow through it to the decoder, and the CPU kernels compute forward only. Afterwards the
+    packed module is back in place, so the returned model is the checkpoint's."""
+    if head is None:
+        yield
+        return
+    packed = head.embedding if hasattr(head, "embedding") else head
+    dense = torch.nn.Linear(packed.in_features, packed.out_features, bias=getattr(head, "bias", None) is not None)
+    dense.weight = torch.nn.Parameter(packed.packed_format().dequantize(torch.float32), requires_grad=False)
+    if dense.bias is not None:
+        dense.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
+    model.set_output_embeddings(dense)
+    try:
+        yield
+    finally:
+        model.set_output_embeddings(head)
+
+
 class DistillOutcome:
     def __init__(self, model, formats, stats, path):
         self.model, self.formats, self.stats, self.path = model, formats, stats, path
@@ -205,16 +235,12 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
 
     from ..checkpoint import load_checkpoint, read_quant_config
     from ..nn import QuantLinear
+    from ..nn_embedding import QuantEmbedding
     from ..pipeline import QuantLog
 
     path, out, options = Path(path), Path(out), options or DistillOptions()
     options.check()
     qc = read_quant_config(path)
-    packed = qc.get("embeddings") or {}
-    if packed.get("input") or packed.get("output"):
-        raise LlmbinError(f"{path} stores its embeddings/head packed, and distillation trains with float ones; "
-                          "distill during quantization instead (--set distill.enabled=true runs before they are "
-                          "packed), or quantize with --set pipeline.embeddings=none")
     teacher_ref = resolve_teacher(path, qc, teacher)
     dataset = dataset or qc.get("provenance", {}).get("calibration")
     _check_dataset(dataset, options, path)
@@ -231,7 +257,9 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
     log = QuantLog(verbose=verbose)
     try:
         model, _ = load_checkpoint(path)  # packed: small beside the teacher
-        formats = {n: m.packed_format() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+        head = frozen_packed_head(model)  # packed embeddings/head stay as stored: frozen, not trained
+        formats = {n: m.packed_format() for n, m in model.named_modules()
+                   if isinstance(m, QuantLinear) and not isinstance(m, QuantEmbedding) and m is not head}
         if not formats:
             raise LlmbinError(f"{path} has no packed linears to distill")
         dense = sum(4 * f.out_features * f.in_features for f in formats.values())
@@ -246,7 +274,8 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
             teacher_model, tokenizer = load_teacher(teacher_ref, device)
         windows, cache = teacher_targets(teacher_ref, tokenizer, dataset, options, device, log, work, teacher_model)
         del teacher_model
-        run = Stage(model, formats, windows, cache, options, device, log, work / STATE_FILE).run()
+        with differentiable_head(model, head):
+            run = Stage(model, formats, windows, cache, options, device, log, work / STATE_FILE).run()
     except LlmbinError:
         if not any(work.iterdir()):
             shutil.rmtree(work, ignore_errors=True)

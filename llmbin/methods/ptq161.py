@@ -48,6 +48,9 @@ class LoRAPreprocess:
     epochs: int = 1
     lr: float = 1e-3  # high for LoRA, because the protocol's 128 windows give few steps (64 at batch 2)
     batch_size: int = 2  # calibration windows per step
+    windows: int = 64  # the LoRA trains on the first `windows` calibration windows (0: all of them)
+    pass1_epochs: int = 0  # block-training epochs of pass 1 (its model only feeds the LoRA; the masks and the
+    # GPTQ signs, which carry most of the gain, do not need them: 0 keeps the full method within 45 min on 2 cores)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class PTQ161Params:
         pre = self.preprocess
         if pre.r < 1 or pre.epochs < 1 or pre.batch_size < 1 or pre.lr <= 0 or not 0 <= pre.dropout < 1:
             raise LlmbinError("ptq161 preprocess needs r, epochs, batch_size >= 1, lr > 0 and dropout in [0, 1)")
+        if pre.windows < 0 or pre.pass1_epochs < 0:
+            raise LlmbinError("ptq161 preprocess.windows and preprocess.pass1_epochs must be >= 0 (windows 0: all)")
 
     def __post_init__(self):
         self.check()
@@ -292,8 +297,10 @@ class PTQ161(QuantMethod):
                  f"the input channels a budget of {p.bpw} all-in bits per linear allows (quant_log: salient_ratio)")
         signs = "GPTQ error feedback (binarized columns first, salient last)" if p.sign_fix == "gptq" else "plain rounding"
         pre = p.preprocess
-        variant = (f"PTQ1.61 with quantization preprocessing (LoRA r {pre.r}, alpha {pre.alpha}, {pre.epochs} epoch(s) on "
-                   f"the calibration text, merged, then quantized again with the first pass's masks; causal-LM loss "
+        variant = (f"PTQ1.61 with quantization preprocessing (pass 1 with {pre.pass1_epochs} block-training epoch(s); "
+                   f"LoRA r {pre.r}, alpha {pre.alpha}, {pre.epochs} epoch(s) on "
+                   f"{f'the first {pre.windows} calibration windows' if pre.windows else 'the calibration text'}, "
+                   f"merged, then quantized again with the first pass's masks; causal-LM loss "
                    f"{self.preprocess_stats.get('loss_before')} -> {self.preprocess_stats.get('loss_after')})"
                    if pre.enabled else "PTQ1.61 without quantization preprocessing (PTQ1.61*)")
         return (f"{variant}: {share} (by {p.act_stat} |x|) at 4 bits "

@@ -1,7 +1,8 @@
 """PTQ1.61's quantization preprocessing, the stage before the pipeline's own pass (METHODS.md step 5):
 
-1. pass 1: quantize the model with PTQ1.61 without preprocessing (the fake-quantized model, its masks);
-2. train a LoRA on that fake-quantized model with a causal-LM loss on the calibration windows
+1. pass 1: quantize the model with PTQ1.61 without preprocessing (the fake-quantized model, its masks),
+   with `pass1_epochs` block-training epochs (default 0: masks and GPTQ signs only);
+2. train a LoRA on that fake-quantized model with a causal-LM loss on the first `windows` calibration windows
    (solvers/lora_preprocess.py) and merge it into the FULL-PRECISION weights;
 3. the pipeline then quantizes the merged model again, every input group with pass 1's salient mask.
 
@@ -53,22 +54,23 @@ def run_preprocess(method, model, ctx, work, quantize_pass):
 
         area = WorkArea(work.path / "preprocess", work.fingerprint,
                         resume=(work.path / ".preprocess.partial").exists())
-    first = type(method)(replace(method.params, preprocess=LoRAPreprocess()))
+    p = method.params.preprocess
+    first = type(method)(replace(method.params, epochs=p.pass1_epochs, preprocess=LoRAPreprocess()))
     ctx.log.note("preprocess: pass 1, PTQ1.61 without preprocessing")
     results = quantize_pass(first, area)
     masks = {name: mask_of(r.format) for name, r in results.items()}
     names = sorted(results)
-    p = method.params.preprocess
+    windows = ctx.calib_windows[:p.windows] if p.windows else ctx.calib_windows
     cfg = LoRAConfig(p.r, p.alpha, p.dropout, p.epochs, p.lr, p.batch_size)
     lora_file = None if area is None else area.path / LORA_FILE
     if lora_file is not None and lora_file.exists():
         deltas, stats = _load(lora_file, names)
         ctx.log.note(f"preprocess: LoRA restored from {lora_file}")
     else:
-        ctx.log.note(lora_cost(model, names, ctx.calib_windows, cfg))
+        ctx.log.note(lora_cost(model, names, windows, cfg))
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator))
         dtype = compute_dtype(ctx.device, method.params.precision)
-        deltas, stats = train_lora(model, names, ctx.calib_windows, cfg, seed, ctx.device, dtype, ctx.log)
+        deltas, stats = train_lora(model, names, windows, cfg, seed, ctx.device, dtype, ctx.log)
         if lora_file is not None:
             _save(lora_file, deltas, stats)
     ctx.log.module(module="preprocess", **stats)
