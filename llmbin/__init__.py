@@ -11,10 +11,10 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# OpenMP threads that spin while they wait for work turn a shared 2-core machine into a queue: beside another
-# job, block training ran 18x slower instead of 2x (benchmarks/results/shared-cores.md). Passive waiting costs
-# nothing measurable alone. Effective only when llmbin is imported before torch (the CLI always is); an explicit
-# OMP_WAIT_POLICY wins.
+# OpenMP threads that spin while they wait for work turn a shared machine into a queue: two block-training
+# runs side by side on 2 cores took 4x (libgomp's default) to 5.8x (ACTIVE) their time alone, 1.65x with passive
+# waiting, which costs ~9% alone (benchmarks/results/shared-cores.md). Effective only when llmbin is imported
+# before torch (the CLI always is); an explicit OMP_WAIT_POLICY wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .api import QuantizedModel, evaluate_ppl, load, quantize  # noqa: E402
