@@ -32,11 +32,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="gptq2,pbllm")
     ap.add_argument("--reuse", action="append", default=[], help="NAME=DIR: a checkpoint quantize already made")
+    ap.add_argument("--known-ppl", action="append", default=[],
+                    help="NAME=PPL=SOURCE: the reused checkpoint's protocol-v1 perplexity, already measured in SOURCE")
     ap.add_argument("--calib", default=str(ROOT.parent / "shared" / "data" / "calib_coqa.txt"))
     ap.add_argument("--eval", dest="evaltext", default=str(ROOT.parent / "shared" / "data" / "eval_xsum.txt"))
     ap.add_argument("--workdir", default="/tmp/llmbin-distill-rows")
     args = ap.parse_args()
     reuse = dict(item.split("=", 1) for item in args.reuse)
+    known = {n: (float(v), src) for n, v, src in (item.split("=", 2) for item in args.known_ppl)}
     work, results = Path(args.workdir), RESULTS / "distill-rows"
     work.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
@@ -53,7 +56,10 @@ def main():
                                         "--nsamples", "128", "--seqlen", "512", "--seed", "0", "-o", str(packed),
                                         "--overwrite", "-q"])
         record["bits"] = _inspect(packed)["totals"]
-        record["ppl_before"], record["eval_before"] = score(packed, args.evaltext, work / f"{name}-eval.json")
+        if name in known:
+            record["ppl_before"], record["eval_before"] = known[name][0], {"measured_in": known[name][1]}
+        else:
+            record["ppl_before"], record["eval_before"] = score(packed, args.evaltext, work / f"{name}-eval.json")
         distilled = work / f"{name}-distill"
         record["distill"] = timed([LLMBIN, "distill", str(packed), "-o", str(distilled), "--overwrite", "-q"])
         record["distill_stats"] = json.loads((distilled / "config.json").read_text())["quantization_config"]["distill"]
