@@ -49,8 +49,9 @@ class LoRAPreprocess:
     lr: float = 1e-3  # high for LoRA, because the protocol's 128 windows give few steps (64 at batch 2)
     batch_size: int = 2  # calibration windows per step
     windows: int = 64  # the LoRA trains on the first `windows` calibration windows (0: all of them)
-    pass1_epochs: int = 0  # block-training epochs of pass 1 (its model only feeds the LoRA; the masks and the
-    # GPTQ signs, which carry most of the gain, do not need them: 0 keeps the full method within 45 min on 2 cores)
+    pass1_epochs: int = 0  # block-training epochs of pass 1 (its model only feeds the LoRA). 0 keeps the full method
+    # within 45 min on 2 cores, but the LoRA then starts from a worse model (SmolLM2 protocol v1: causal-LM loss 7.02,
+    # 321.7 ppl at the end; benchmarks/results/ptq161.md): 1 is the next candidate default (~+9 s per layer)
 
 
 @dataclass
