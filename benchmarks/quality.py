@@ -34,6 +34,8 @@ CONFIGS = {
     "ptq161-e5": ["--method", "ptq161", "--set", "epochs=5"],  # the method's defaults: bpw 1.65, GPTQ signs, salient grid
     "ptq161-recipe-e5": ["--recipe", "ptq161", "--set", "epochs=5"],  # the recipe (bpw 1.65: 1.6425 bits all-in)
     "ptq161-pre": ["--recipe", "ptq161", "--set", "preprocess.enabled=true"],  # PTQ1.61 with preprocessing
+    # the same with one block-training epoch in pass 1, so the LoRA starts from a better-quantized model
+    "ptq161-pre-p1": ["--recipe", "ptq161", "--set", "preprocess.enabled=true", "--set", "preprocess.pass1_epochs=1"],
     "ptq161-recipe-e10": ["--recipe", "ptq161", "--set", "epochs=10"],  # twice the reference's epochs
     "ptq161": ["--recipe", "ptq161"],
     "dbllm": ["--recipe", "dbllm-2bit"],

@@ -65,7 +65,8 @@ def main(offline):
 @main.command()
 @click.argument("model")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output directory (packed HF checkpoint).")
-@click.option("--method", default=None, help="Quantization method (see `llmbin methods`). Default: the recipe's, else ptq161.")
+@click.option("--method", default=None, help="Quantization method (see `llmbin methods`). Default: the recipe's, else ptq161. Without --recipe, a method "
+                   "with a shipped recipe of its name (ptq161) uses that recipe.")
 @click.option("--recipe", default=None, help="Recipe YAML file or shipped recipe name; flags below override it.")
 @click.option("--bits", type=int, default=None, help="Bits for integer methods (rtn, gptq): 2, 3, 4 or 8.")
 @click.option("--group-size", type=int, default=None, help="Columns per quantization group (-1: per row).")
@@ -87,7 +88,7 @@ def quantize(model, out, method, recipe, bits, group_size, dataset, nsamples, se
     from .api import quantize as run
     from .recipe import Recipe
 
-    r = Recipe.load(recipe) if recipe else Recipe.create(method or "ptq161")
+    r = Recipe.load(recipe) if recipe else Recipe.default_for(method or "ptq161")
     if method and method != r.method:
         r = Recipe.create(method, calibration=r.to_dict()["calibration"], pipeline=r.to_dict()["pipeline"],
                           distill=r.to_dict()["distill"])
@@ -234,7 +235,7 @@ def replay_check_command(model, dataset, nsamples, seqlen, seed, batch_size, tol
 @main.command()
 @click.argument("model")
 @click.option("--methods", required=True, help="Comma-separated methods (see `llmbin methods`) or shipped recipe names: one row each.")
-@click.option("--recipes", default=None, metavar="NAME=FILE,...", help="Recipe file for a row (default: the method's defaults).")
+@click.option("--recipes", default=None, metavar="NAME=FILE,...", help="Recipe file for a row (default: the shipped recipe named like the method, else the method's defaults).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE", help="Parameter of one row (ptq161.epochs=5); repeatable.")
 @click.option("--dataset", required=True, help="Calibration text, the same for every method.")
 @click.option("--nsamples", type=int, default=128, show_default=True, help="Calibration windows.")

@@ -59,7 +59,8 @@ def static_speed(model, ids: torch.Tensor, new_tokens: int, compile: bool | None
     stats = DecodeStats()
     tokens = list(decoder.stream(ids, new_tokens, Sampler(), frozenset(), stats))
     return ({"prefill_tokens_per_s": stats.prefill_tokens_per_s, "decode_tokens_per_s": stats.decode_tokens_per_s,
-             "compile_s": round(stats.compile_s, 1), "mode": stats.mode, "head": stats.head}, tokens)
+             "compile_s": round(stats.compile_s, 1), "mode": stats.mode, "head": stats.head,
+             "decode_threads": stats.decode_threads}, tokens)
 
 
 def decode_rows(label: str, model, tokenizer, new_tokens: int = 128, prompt: str = PROMPT, paths=PATHS) -> list[dict]:
@@ -70,6 +71,7 @@ def decode_rows(label: str, model, tokenizer, new_tokens: int = 128, prompt: str
         fn = hf_generate_speed if path == "hf-generate" else static_speed
         speed, tokens[path] = fn(model, ids, new_tokens)
         speed.setdefault("head", "float")
+        speed.setdefault("decode_threads", torch.get_num_threads())
         if path == "static":
             path = f"static-{speed.pop('mode')}"
         rows.append({"model": label, "path": path, **{k: (round(v, 2) if isinstance(v, float) else v)
@@ -114,7 +116,7 @@ def run_decode_bench(path, new_tokens: int = 128, prompt: str = PROMPT, device: 
 
 
 DECODE_COLS = ["model", "path", "head", "prefill_tokens_per_s", "decode_tokens_per_s", "speedup_vs_float32_hf", "compile_s",
-               "threads", "loadavg_start", "loadavg_end", "greedy_tokens_agree"]
+               "threads", "decode_threads", "loadavg_start", "loadavg_end", "greedy_tokens_agree"]
 
 
 def format_decode(rows: list[dict], header: bool = True) -> str:

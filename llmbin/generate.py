@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -64,6 +65,7 @@ class DecodeStats:
     compile_s: float = 0.0  # the first compiled step (tracing + codegen), excluded from decode_s
     mode: str = "eager"
     head: str = "float"  # "screened": greedy tokens picked by ScreenedHead
+    decode_threads: int = 0  # torch CPU threads during the token-by-token steps (Decoder.decode_threads)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -106,6 +108,30 @@ def screened_greedy_head(model):
     return ScreenedHead(head.weight) if same else None
 
 
+def auto_decode_threads(packed: bool, device: torch.device) -> int | None:
+    """1 for a packed model on CPU when OpenMP threads wait passively (llmbin's default), else None (torch's).
+
+    A packed decode step is ~400 small ops of ~20 us; passive OpenMP threads sleep between them, and waking
+    them costs more than the second core gives: SmolLM2 ptq161, 2 cores idle, 61.6 tokens/s on 2 passive
+    threads, 131 on 1, 158 on 2 spinning ones (OMP_WAIT_POLICY=ACTIVE, which this then leaves alone;
+    benchmarks/results/decode-static.md). Prefill keeps every thread."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
+    return 1 if packed and device.type == "cpu" and policy == "PASSIVE" else None
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """torch's CPU thread count set to n inside the block (None: unchanged), restored after it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
 def _device(model) -> torch.device:
     return next(model.parameters(), next(model.buffers(), torch.empty(0))).device
 
@@ -124,7 +150,8 @@ class Decoder:
     eager one (18 vs 24 tokens/s, 1 thread: inductor's extern mm calls), a packed one faster (51 vs 40).
     """
 
-    def __init__(self, model, max_len: int, compile: bool | None = None, log=None, screened_head: bool = True):
+    def __init__(self, model, max_len: int, compile: bool | None = None, log=None, screened_head: bool = True,
+                 decode_threads: int | None = None):
         from transformers import StaticCache
 
         self.model, self.device = model, _device(model)
@@ -135,6 +162,7 @@ class Decoder:
         self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
         packed = prepare_packed(model)
         compile = bool(packed) if compile is None else compile
+        self.decode_threads = decode_threads or auto_decode_threads(bool(packed), self.device)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.head = screened_greedy_head(model) if screened_head else None
         self.compile = compile  # becomes False when compiling fails
@@ -192,6 +220,12 @@ class Decoder:
         token = sampler(logits)
         _sync(self.device)
         stats.prefill_s = time.perf_counter() - t
+        stats.decode_threads = self.decode_threads or torch.get_num_threads()
+        with cpu_threads(self.decode_threads):
+            yield from self._decode(token, length, max_new_tokens, sampler, stop_ids, stats, head, kind)
+        stats.mode = self.mode  # eager if compiling failed on the way
+
+    def _decode(self, token, length, max_new_tokens, sampler, stop_ids, stats, head, kind) -> Iterator[int]:
         for i in range(max_new_tokens):
             stats.new_tokens += 1
             yield token
@@ -209,7 +243,6 @@ class Decoder:
                 stats.compile_s += dt
             else:
                 stats.decode_s, stats.decode_steps = stats.decode_s + dt, stats.decode_steps + 1
-        stats.mode = self.mode  # eager if compiling failed on the way
 
 
 def stop_token_ids(model, tokenizer) -> set:
@@ -311,7 +344,7 @@ def _generate(model_ref, prompt, max_new_tokens, temperature, top_p, seed, chat,
     model, tokenizer = load_for_generation(model_ref, device)
     ids = encode_prompt(tokenizer, prompt, chat)
     check_length(model, ids.shape[1], max_new_tokens)
-    decoder = Decoder(model, ids.shape[1] + max_new_tokens, compile=compile_step)
+    decoder = Decoder(model, ids.shape[1] + max_new_tokens, compile=compile_step, decode_threads=threads)
     stats, text = DecodeStats(), TextStream(tokenizer)
     for token in decoder.stream(ids, max_new_tokens, sampler, stop_token_ids(model, tokenizer), stats):
         click.echo(text.push(token), nl=False)
@@ -321,4 +354,4 @@ def _generate(model_ref, prompt, max_new_tokens, temperature, top_p, seed, chat,
     head_note = ", screened greedy head" if stats.head == "screened" else ""
     click.echo(f"[llmbin] {stats.new_tokens} tokens: decode {stats.decode_tokens_per_s:.1f} tokens/s ({stats.mode} "
                f"static cache{head_note}{compile_note}), prefill {stats.prompt_tokens} tokens at {stats.prefill_tokens_per_s:.1f} "
-               f"tokens/s; {machine_line()}", err=True)
+               f"tokens/s; {machine_line()}, decode on {stats.decode_threads}", err=True)

@@ -165,5 +165,16 @@ class Recipe:
             raise LlmbinError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(data, str(path))
 
+    @classmethod
+    def default_for(cls, method: str) -> "Recipe":
+        """What `--method NAME` means without --recipe: the shipped recipe of the same name where there is one
+        (ptq161: 3 epochs and preprocessing, tuned for CPU time), else the method's own parameter defaults."""
+        shipped = Path(__file__).parent / "recipes" / f"{method}.yaml"
+        if shipped.exists():
+            recipe = cls.load(str(shipped))
+            if recipe.method == method:
+                return recipe
+        return cls.create(method)
+
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -1,10 +1,12 @@
 """CLI end to end on a tiny model, and every bad input: one line, non-zero exit, no output left behind."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+import llmbin
 from llmbin.cli import main
 
 
@@ -83,3 +85,28 @@ def test_bad_input_one_line_error(case, bad_inputs, tiny_llama_dir, text_file, t
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert not out.exists() and not list(tmp_path.glob(".out.partial*"))
+
+
+def test_method_without_recipe_uses_the_shipped_recipe_of_its_name(tiny_llama_dir, text_file, tmp_path, monkeypatch):
+    """`--method ptq161` means the shipped ptq161 recipe (its epochs and preprocessing), read here from the YAML
+    file itself; a method with no shipped recipe of its name keeps the method's own defaults."""
+    import yaml
+
+    import llmbin.api
+    from llmbin.recipe import Recipe
+
+    seen = {}
+
+    def capture(model, recipe, **kw):
+        seen[recipe.method] = recipe
+        raise SystemExit(0)
+
+    monkeypatch.setattr(llmbin.api, "quantize", capture)
+    for method in ("ptq161", "gptq"):
+        run("quantize", tiny_llama_dir, "--method", method, "--dataset", text_file, "-o", tmp_path / method, "-q")
+    shipped = yaml.safe_load((Path(llmbin.__file__).parent / "recipes" / "ptq161.yaml").read_text())["params"]
+    got = seen["ptq161"].params
+    assert got.epochs == shipped["epochs"] != Recipe.create("ptq161").params.epochs
+    assert got.preprocess.enabled == shipped["preprocess"]["enabled"]
+    assert got.preprocess.pass1_epochs == shipped["preprocess"].get("pass1_epochs", 0)
+    assert seen["gptq"].params == Recipe.create("gptq").params

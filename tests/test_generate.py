@@ -181,3 +181,29 @@ def test_decode_bench_rows_time_both_paths_on_the_same_tokens(tokenizer):
     assert all(r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["threads"] >= 1 for r in rows)
     assert all(r["greedy_tokens_agree"] for r in rows)  # HF's loop and the compiled step chose the same tokens
     assert _parse_batches(None, None, ("1,4", "16")) == [1, 4, 16]
+
+
+@pytest.mark.parametrize("policy,packed,expected", [("PASSIVE", True, 1), ("passive", True, 1), ("ACTIVE", True, None),
+                                                    ("", True, None), ("PASSIVE", False, None)])
+def test_decode_threads_drop_to_one_only_for_packed_models_with_passive_openmp(policy, packed, expected, monkeypatch):
+    from llmbin.generate import auto_decode_threads
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    assert auto_decode_threads(packed, torch.device("cpu")) == expected
+    assert auto_decode_threads(packed, torch.device("meta")) is None
+
+
+def test_decode_steps_run_on_the_decoder_threads_and_restore_them(tokenizer, monkeypatch):
+    model = packed_tiny_llama()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        decoder = Decoder(model, ids.shape[1] + 4, compile=False, decode_threads=1)
+        seen, step = [], decoder._step
+        monkeypatch.setattr(decoder, "_step", lambda *a: (seen.append(torch.get_num_threads()), step(*a))[1])
+        stats = DecodeStats()
+        assert len(list(decoder.stream(ids, 4, Sampler(), frozenset(), stats))) == 4
+        assert seen == [1, 1, 1] and stats.decode_threads == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -247,8 +247,8 @@ def test_bpw_below_the_smallest_layout_is_refused_and_ratio_wins():
 
 
 def test_recipes_load():
-    for name in ("ptq161", "ptq161-demo"):
+    for name, preprocess in (("ptq161", True), ("ptq161-demo", False)):  # the full method; the light demo
         loaded = Recipe.load(name)
-        assert loaded.method == "ptq161" and not loaded.params.preprocess.enabled
+        assert loaded.method == "ptq161" and loaded.params.preprocess.enabled == preprocess
     with pytest.raises(LlmbinError, match="act_stat"):
         Recipe.create("ptq161", {"act_stat": "median"}).params.check()

@@ -90,13 +90,13 @@ def test_second_pass_keeps_the_first_pass_masks(whole):
     assert len(spy.layer_calls) == 4
 
 
-def test_pass1_trains_no_scales_by_default_and_the_lora_takes_the_first_windows(tiny_llama_dir, text_file, tmp_path,
+def test_pass1_trains_one_epoch_by_default_and_the_lora_takes_the_first_windows(tiny_llama_dir, text_file, tmp_path,
                                                                                  monkeypatch):
     spy = Spy(monkeypatch)
     llmbin.quantize(str(tiny_llama_dir), recipe(text_file, **{"preprocess.windows": 4}), out=tmp_path / "w",
                     verbose=False)
     assert spy.lora_windows == [4]  # of the 8 calibration windows
-    assert spy.layer_epochs == [0, 0, 1, 1]  # pass 1 (pass1_epochs default 0), then pass 2 with the recipe's epochs
+    assert spy.layer_epochs == [1, 1, 1, 1]  # pass 1 (pass1_epochs default 1), then pass 2 with the recipe's epochs
 
 
 def test_second_pass_uses_exactly_the_masks_it_is_given(tiny_llama_dir, text_file, tmp_path, monkeypatch):
@@ -106,32 +106,33 @@ def test_second_pass_uses_exactly_the_masks_it_is_given(tiny_llama_dir, text_fil
     assert all(torch.equal(spy.masks[n], m) for n, m in stored_masks(qm).items())
 
 
-def test_resume_after_a_kill_during_preprocessing_is_byte_identical(whole, tiny_llama_dir, text_file, tmp_path,
-                                                                    monkeypatch):
+def kill_then_resume(whole, model_dir, text_file, tmp_path, monkeypatch, interrupt: str, saved: str) -> "Spy":
+    """Kill a run at `interrupt`, check `saved` survived in the work area, resume; the bytes must equal an
+    uninterrupted run's. Returns the spy as it saw the resumed run."""
     _, reference, _ = whole
     spy = Spy(monkeypatch)
-    spy.interrupt_lora = True
+    setattr(spy, interrupt, True)
     with pytest.raises(KeyboardInterrupt):
-        llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "cut", verbose=False)
-    assert (tmp_path / ".cut.partial" / ".preprocess.partial" / "layer-00001.safetensors").exists()
-    spy.interrupt_lora, spy.layer_calls = False, []
-    llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "cut", resume=True, verbose=False)
-    assert spy.layer_calls == [(True, 0), (True, 1)]  # pass 1 restored, not redone
+        llmbin.quantize(str(model_dir), recipe(text_file), out=tmp_path / "cut", verbose=False)
+    assert (tmp_path / ".cut.partial" / ".preprocess.partial" / saved).exists()
+    setattr(spy, interrupt, False)
+    spy.lora_calls, spy.layer_calls = 0, []
+    llmbin.quantize(str(model_dir), recipe(text_file), out=tmp_path / "cut", resume=True, verbose=False)
     assert tensor_files(tmp_path / "cut") == tensor_files(reference)
+    return spy
+
+
+def test_resume_after_a_kill_during_preprocessing_is_byte_identical(whole, tiny_llama_dir, text_file, tmp_path,
+                                                                    monkeypatch):
+    spy = kill_then_resume(whole, tiny_llama_dir, text_file, tmp_path, monkeypatch, "interrupt_lora",
+                           "layer-00001.safetensors")
+    assert spy.layer_calls == [(True, 0), (True, 1)]  # pass 1 restored, not redone
 
 
 def test_resume_after_a_kill_in_the_second_pass_reuses_the_trained_lora(whole, tiny_llama_dir, text_file, tmp_path,
                                                                         monkeypatch):
-    _, reference, _ = whole
-    spy = Spy(monkeypatch)
-    spy.interrupt_pass2 = True
-    with pytest.raises(KeyboardInterrupt):
-        llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "cut", verbose=False)
-    assert (tmp_path / ".cut.partial" / ".preprocess.partial" / pre.LORA_FILE).exists()
-    spy.interrupt_pass2, spy.lora_calls, spy.layer_calls = False, 0, []
-    llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "cut", resume=True, verbose=False)
+    spy = kill_then_resume(whole, tiny_llama_dir, text_file, tmp_path, monkeypatch, "interrupt_pass2", pre.LORA_FILE)
     assert spy.lora_calls == 0 and spy.layer_calls == [(True, 1)]
-    assert tensor_files(tmp_path / "cut") == tensor_files(reference)
 
 
 def test_bad_preprocess_settings_and_streaming_are_refused(tiny_llama_dir, text_file):

@@ -30,7 +30,8 @@ def shipped_recipes() -> list[str]:
 
 def resolve_entries(labels: list[str], recipe_files: dict[str, str] | None = None,
                     overrides: list[str] | None = None) -> list[tuple[str, Recipe]]:
-    """Each label -> (label, Recipe): its --recipes file, else a registered method's defaults, else a shipped recipe."""
+    """Each label -> (label, Recipe): its --recipes file, else a registered method (Recipe.default_for), else a
+    shipped recipe."""
     from ..methods import METHODS
 
     recipe_files = dict(recipe_files or {})
@@ -44,7 +45,7 @@ def resolve_entries(labels: list[str], recipe_files: dict[str, str] | None = Non
         if label in recipe_files:
             recipe = Recipe.load(recipe_files[label])
         elif label in METHODS:
-            recipe = Recipe.create(label)
+            recipe = Recipe.default_for(label)
         elif label in shipped_recipes():
             recipe = Recipe.load(label)
         else:

@@ -49,9 +49,8 @@ class LoRAPreprocess:
     lr: float = 1e-3  # high for LoRA, because the protocol's 128 windows give few steps (64 at batch 2)
     batch_size: int = 2  # calibration windows per step
     windows: int = 64  # the LoRA trains on the first `windows` calibration windows (0: all of them)
-    pass1_epochs: int = 0  # block-training epochs of pass 1 (its model only feeds the LoRA). 0 keeps the full method
-    # within 45 min on 2 cores, but the LoRA then starts from a worse model (SmolLM2 protocol v1: causal-LM loss 7.02,
-    # 321.7 ppl at the end; benchmarks/results/ptq161.md): 1 is the next candidate default (~+9 s per layer)
+    pass1_epochs: int = 1  # block-training epochs of pass 1 (its model only feeds the LoRA). SmolLM2 protocol v1:
+    # 1 epoch starts the LoRA from a better model than 0 (321.70 -> 236.82 ppl for +6 min; benchmarks/results/ptq161.md)
 
 
 @dataclass

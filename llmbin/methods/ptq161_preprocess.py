@@ -1,7 +1,7 @@
 """PTQ1.61's quantization preprocessing, the stage before the pipeline's own pass (METHODS.md step 5):
 
 1. pass 1: quantize the model with PTQ1.61 without preprocessing (the fake-quantized model, its masks),
-   with `pass1_epochs` block-training epochs (default 0: masks and GPTQ signs only);
+   with `pass1_epochs` block-training epochs (default 1; 0: masks and GPTQ signs only);
 2. train a LoRA on that fake-quantized model with a causal-LM loss on the first `windows` calibration windows
    (solvers/lora_preprocess.py) and merge it into the FULL-PRECISION weights;
 3. the pipeline then quantizes the merged model again, every input group with pass 1's salient mask.
