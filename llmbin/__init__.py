@@ -1,7 +1,7 @@
 """llmbin: post-training 1-2 bit quantization of Hugging Face causal LMs, packed and runnable.
 
     import llmbin
-    qm = llmbin.quantize("smollm2-135m", llmbin.Recipe.create("ptq161"), out="smol-1.61bit")
+    qm = llmbin.quantize("smollm2-135m", llmbin.Recipe.default_for("ptq161"), out="smol-1.61bit")
     model, tokenizer = llmbin.load("smol-1.61bit")
 
 Importing llmbin registers its transformers quantizer, so AutoModelForCausalLM.from_pretrained

@@ -168,11 +168,14 @@ def methods():
     import dataclasses
 
     from .methods import METHODS
+    from .recipe import Recipe
 
     for name, cls in sorted(METHODS.items()):
         click.echo(f"{name:8s} {cls.summary}")
-        defaults = ", ".join(f"{f.name}={getattr(cls.params_cls(), f.name)!r}" for f in dataclasses.fields(cls.params_cls))
-        click.echo(f"{'':8s}   parameters: {defaults}")
+        params = Recipe.default_for(name).params  # what `--method NAME` runs
+        source = "shipped recipe " + name if params != cls.params_cls() else "method defaults"
+        values = ", ".join(f"{f.name}={getattr(params, f.name)!r}" for f in dataclasses.fields(cls.params_cls))
+        click.echo(f"{'':8s}   parameters ({source}): {values}")
 
 
 @main.command()
