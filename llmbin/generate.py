@@ -322,7 +322,9 @@ def machine_line() -> str:
               help="Compile the decode step with torch.compile (default: for packed models; ~20-40 s the first "
                    "time on a small model, ~10 s once cached).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads for prefill and decode (default: torch's for prefill; a packed model's decode "
+                   "steps run on 1 unless OMP_WAIT_POLICY=ACTIVE, which is faster on an idle machine).")
 def generate_command(model, prompt, max_new_tokens, temperature, top_p, seed, chat, compile_step, device, threads):
     """Generate text from MODEL (packed checkpoint, HF directory, .gguf file or bundled name), streaming tokens."""
     from .cli import friendly_errors
@@ -354,4 +356,4 @@ def _generate(model_ref, prompt, max_new_tokens, temperature, top_p, seed, chat,
     head_note = ", screened greedy head" if stats.head == "screened" else ""
     click.echo(f"[llmbin] {stats.new_tokens} tokens: decode {stats.decode_tokens_per_s:.1f} tokens/s ({stats.mode} "
                f"static cache{head_note}{compile_note}), prefill {stats.prompt_tokens} tokens at {stats.prefill_tokens_per_s:.1f} "
-               f"tokens/s; {machine_line()}, decode on {stats.decode_threads}", err=True)
+               f"tokens/s; {machine_line()}, decode steps on {stats.decode_threads}", err=True)
