@@ -139,3 +139,21 @@ def test_compare_tiny_model_end_to_end(tiny_llama_dir, text_file, tmp_path):
     assert "| gptq3 | 3 |" in (out / "report.md").read_text() and not (out / "checkpoints").exists()
     result = run(*args, "--resume")  # everything reused: no quantization
     assert result.exit_code == 0 and result.output.count("reused") == 3, result.output
+
+
+def test_set_addresses_rows_whose_names_hold_dots():
+    """`--set pbllm-1.7.pipeline.embeddings=none` reaches the pbllm-1.7 row (a shipped recipe name with a dot)."""
+    import pytest
+
+    from llmbin.errors import LlmbinError
+    from llmbin.eval.compare import resolve_entries
+    from llmbin.recipe import Recipe
+
+    rows = dict(resolve_entries(["pbllm-1.7", "gptq"], {}, ["pbllm-1.7.pipeline.embeddings=none",
+                                                             "pbllm-1.7.salient_ratio=0.2", "gptq.bits=3"]))
+    shipped = Recipe.load("pbllm-1.7")
+    assert shipped.pipeline.embeddings != "none" and shipped.params.salient_ratio != 0.2
+    assert rows["pbllm-1.7"].pipeline.embeddings == "none" and rows["pbllm-1.7"].params.salient_ratio == 0.2
+    assert rows["gptq"].params.bits == 3 and rows["gptq"].pipeline.embeddings == shipped.pipeline.embeddings
+    with pytest.raises(LlmbinError, match="METHOD.KEY=VALUE"):
+        resolve_entries(["pbllm-1.7"], {}, ["pbllm.bits=3"])

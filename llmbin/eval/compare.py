@@ -55,10 +55,12 @@ def resolve_entries(labels: list[str], recipe_files: dict[str, str] | None = Non
     by_label = dict(entries)
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        label, dot, param = key.strip().partition(".")
-        if not sep or not dot or label not in by_label:
+        key = key.strip()
+        # the longest label that prefixes KEY: shipped recipe names may hold dots (pbllm-1.7.salient_ratio=0.2)
+        label = max((x for x in labels if key.startswith(x + ".")), key=len, default=None)
+        if not sep or label is None:
             raise LlmbinError(f"--set takes METHOD.KEY=VALUE with METHOD one of {', '.join(labels)}, got {item!r}")
-        by_label[label].set(param, value.strip())
+        by_label[label].set(key[len(label) + 1:], value.strip())
     return entries
 
 
