@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import click
 import torch
 
+from .cpu_threads import cpu_threads
 from .errors import LlmbinError
 
 CACHE_ROUND = 128  # cache lengths are rounded up to this: one compiled graph serves many prompt lengths
@@ -117,19 +117,6 @@ def auto_decode_threads(packed: bool, device: torch.device) -> int | None:
     benchmarks/results/decode-static.md). Prefill keeps every thread."""
     policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
     return 1 if packed and device.type == "cpu" and policy == "PASSIVE" else None
-
-
-@contextmanager
-def cpu_threads(n: int | None):
-    """torch's CPU thread count set to n inside the block (None: unchanged), restored after it."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
 
 
 def _device(model) -> torch.device:

@@ -17,6 +17,7 @@ from .distill.options import DistillOptions
 from .errors import LlmbinError
 
 RECIPE_VERSION = 1
+SHIPPED_DIR = Path(__file__).parent / "recipes"  # the recipes `--recipe NAME` finds
 
 
 @dataclass
@@ -155,9 +156,9 @@ class Recipe:
         """A YAML path, or the name of a recipe shipped in llmbin/recipes/ (e.g. ptq161)."""
         path = Path(ref)
         if not path.exists():
-            path = Path(__file__).parent / "recipes" / f"{ref.removesuffix('.yaml')}.yaml"
+            path = SHIPPED_DIR / f"{ref.removesuffix('.yaml')}.yaml"
         if not path.exists():
-            shipped = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
+            shipped = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
             raise LlmbinError(f"recipe {ref!r} is neither a file nor a shipped recipe ({', '.join(shipped)})")
         try:
             data = yaml.safe_load(path.read_text())
@@ -169,7 +170,7 @@ class Recipe:
     def default_for(cls, method: str) -> "Recipe":
         """What `--method NAME` means without --recipe: the shipped recipe of the same name where there is one
         (ptq161: 3 epochs and preprocessing, tuned for CPU time), else the method's own parameter defaults."""
-        shipped = Path(__file__).parent / "recipes" / f"{method}.yaml"
+        shipped = SHIPPED_DIR / f"{method}.yaml"
         if shipped.exists():
             recipe = cls.load(str(shipped))
             if recipe.method == method:

@@ -19,13 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LlmbinError
-from ..recipe import Recipe
+from ..recipe import SHIPPED_DIR, Recipe
 from .report import write_report
 from .suite import EvalSpec, evaluate_ref, versions
 
 
 def shipped_recipes() -> list[str]:
-    return sorted(p.stem for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
 
 
 def resolve_entries(labels: list[str], recipe_files: dict[str, str] | None = None,

@@ -7,11 +7,11 @@ block, the later columns move by -Err @ U[block, end:].
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Protocol
 
 import torch
 
+from ...cpu_threads import cpu_threads
 from ...errors import LlmbinError
 
 
@@ -46,16 +46,10 @@ def inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
                           "(--set percdamp=0.1) or use more calibration samples") from None
 
 
-@contextmanager
 def single_thread():
     """The column loop runs thousands of tiny ops: thread hand-offs cost more than they save
     (15x slower with 2 threads on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return cpu_threads(1)
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: ColumnQuantizer, blocksize: int = 128,
