@@ -22,8 +22,12 @@ import click
 import torch
 
 from .cpu_threads import cpu_threads
+from .decode_attention import use_grouped_decode_attention
 from .errors import LlmbinError
 
+# A C++ wrapper calls the step's ~400 kernels without a Python call each: SmolLM2 ptq161 decode 2 threads ~170 ->
+# ~220 tokens/s; the first compile takes ~50 s instead of ~20 (both cached afterwards).
+COMPILE_OPTIONS = {"cpp_wrapper": True}
 CACHE_ROUND = 128  # cache lengths are rounded up to this: one compiled graph serves many prompt lengths
 
 
@@ -65,7 +69,7 @@ class DecodeStats:
     compile_s: float = 0.0  # the first compiled step (tracing + codegen), excluded from decode_s
     mode: str = "eager"
     head: str = "float"  # "screened": greedy tokens picked by ScreenedHead
-    decode_threads: int = 0  # torch CPU threads during the token-by-token steps (Decoder.decode_threads)
+    decode_threads: int = 0  # CPU threads of the token-by-token steps (packed: the matmuls' pool, decode_threads_for)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -108,15 +112,17 @@ def screened_greedy_head(model):
     return ScreenedHead(head.weight) if same else None
 
 
-def auto_decode_threads(packed: bool, device: torch.device) -> int | None:
-    """1 for a packed model on CPU when OpenMP threads wait passively (llmbin's default), else None (torch's).
+def decode_threads_for(packed: bool, device: torch.device, threads: int | None) -> tuple[int | None, int | None]:
+    """(torch threads, packed-matmul threads) for the token-by-token steps; None leaves a count as it is.
 
-    A packed decode step is ~400 small ops of ~20 us; passive OpenMP threads sleep between them, and waking
-    them costs more than the second core gives: SmolLM2 ptq161, 2 cores idle, 61.6 tokens/s on 2 passive
-    threads, 131 on 1, 158 on 2 spinning ones (OMP_WAIT_POLICY=ACTIVE, which this then leaves alone;
-    benchmarks/results/decode-static.md). Prefill keeps every thread."""
-    policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
-    return 1 if packed and device.type == "cpu" and policy == "PASSIVE" else None
+    A packed decode step on CPU is ~400 small ops of 1-20 us. OpenMP teams cost more than they give on
+    those (passive threads sleep between ops: SmolLM2 ptq161, 2 idle cores, 61.6 tokens/s on 2 threads
+    against 131 on 1), so the step's torch ops run on one thread and only its packed matmuls are split,
+    over `threads` (default: torch's count) threads of the kernel's own spinning pool
+    (benchmarks/results/decode-static.md). Float models keep torch's threading. Prefill keeps every thread."""
+    if packed and device.type == "cpu":
+        return 1, threads or torch.get_num_threads()
+    return threads, None
 
 
 def _device(model) -> torch.device:
@@ -130,6 +136,9 @@ def _sync(device: torch.device) -> None:
 
 class Decoder:
     """Prefill + token-by-token decode over one StaticCache of `max_len` tokens.
+
+    A model attending with `sdpa` is switched to `llmbin_sdpa` (decode_attention: the same attention, without
+    copying the cache per KV group for one query token); it stays switched after the Decoder is gone.
 
     compile: True compiles the step (falling back to eager with one line on stderr if it cannot),
     False keeps it eager (the reference the compiled step is tested against), None (auto) compiles
@@ -149,7 +158,9 @@ class Decoder:
         self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
         packed = prepare_packed(model)
         compile = bool(packed) if compile is None else compile
-        self.decode_threads = decode_threads or auto_decode_threads(bool(packed), self.device)
+        self.step_threads, self.gemv_threads = decode_threads_for(bool(packed), self.device, decode_threads)
+        # one query token attends to the static cache without a copy per KV group, eager or compiled alike
+        self.grouped_attention = use_grouped_decode_attention(model)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.head = screened_greedy_head(model) if screened_head else None
         self.compile = compile  # becomes False when compiling fails
@@ -177,7 +188,7 @@ class Decoder:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 return self.compiled[kind](token, position)
         try:
-            fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True))
+            fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS))
             out = fn(token, position)
         except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
             first = (str(exc).strip().splitlines() or [""])[0][:160]
@@ -207,8 +218,10 @@ class Decoder:
         token = sampler(logits)
         _sync(self.device)
         stats.prefill_s = time.perf_counter() - t
-        stats.decode_threads = self.decode_threads or torch.get_num_threads()
-        with cpu_threads(self.decode_threads):
+        from .kernels.cpu import gemv_threads
+
+        with cpu_threads(self.step_threads), gemv_threads(self.gemv_threads):
+            stats.decode_threads = max(self.gemv_threads or 1, torch.get_num_threads())
             yield from self._decode(token, length, max_new_tokens, sampler, stop_ids, stats, head, kind)
         stats.mode = self.mode  # eager if compiling failed on the way
 
@@ -310,8 +323,8 @@ def machine_line() -> str:
                    "time on a small model, ~10 s once cached).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None,
-              help="torch CPU threads for prefill and decode (default: torch's for prefill; a packed model's decode "
-                   "steps run on 1 unless OMP_WAIT_POLICY=ACTIVE, which is faster on an idle machine).")
+              help="CPU threads for prefill and decode (default: torch's count). A packed model's decode steps run "
+                   "their small ops on 1 thread and split the packed matmuls over this many spinning threads.")
 def generate_command(model, prompt, max_new_tokens, temperature, top_p, seed, chat, compile_step, device, threads):
     """Generate text from MODEL (packed checkpoint, HF directory, .gguf file or bundled name), streaming tokens."""
     from .cli import friendly_errors

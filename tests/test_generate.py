@@ -183,14 +183,15 @@ def test_decode_bench_rows_time_both_paths_on_the_same_tokens(tokenizer):
     assert _parse_batches(None, None, ("1,4", "16")) == [1, 4, 16]
 
 
-@pytest.mark.parametrize("policy,packed,expected", [("PASSIVE", True, 1), ("passive", True, 1), ("ACTIVE", True, None),
-                                                    ("", True, None), ("PASSIVE", False, None)])
-def test_decode_threads_drop_to_one_only_for_packed_models_with_passive_openmp(policy, packed, expected, monkeypatch):
-    from llmbin.generate import auto_decode_threads
+def test_decode_threads_split_only_the_packed_matmuls_of_cpu_models(monkeypatch):
+    from llmbin.generate import decode_threads_for
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
-    assert auto_decode_threads(packed, torch.device("cpu")) == expected
-    assert auto_decode_threads(packed, torch.device("meta")) is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert decode_threads_for(True, torch.device("cpu"), None) == (1, 4)  # torch ops on 1, the matmuls' pool on 4
+    assert decode_threads_for(True, torch.device("cpu"), 2) == (1, 2)
+    assert decode_threads_for(False, torch.device("cpu"), None) == (None, None)  # float models: torch's threading
+    assert decode_threads_for(False, torch.device("cpu"), 3) == (3, None)
+    assert decode_threads_for(True, torch.device("meta"), None) == (None, None)
 
 
 def test_decode_steps_run_on_the_decoder_threads_and_restore_them(tokenizer, monkeypatch):
@@ -205,5 +206,19 @@ def test_decode_steps_run_on_the_decoder_threads_and_restore_them(tokenizer, mon
         stats = DecodeStats()
         assert len(list(decoder.stream(ids, 4, Sampler(), frozenset(), stats))) == 4
         assert seen == [1, 1, 1] and stats.decode_threads == 1 and torch.get_num_threads() == 2
+        # 2 decode threads: torch's ops still on 1, the packed matmuls on the kernel's pool of 2, released after
+        from llmbin.kernels import cpu
+
+        ext = cpu.load_extension()
+        decoder = Decoder(model, ids.shape[1] + 4, compile=False, decode_threads=2)
+        seen.clear()
+        pool = []
+        step = decoder._step
+        monkeypatch.setattr(decoder, "_step", lambda *a: (seen.append(torch.get_num_threads()),
+                                                          pool.append(ext.gemv_threads()), step(*a))[2])
+        stats = DecodeStats()
+        assert len(list(decoder.stream(ids, 4, Sampler(), frozenset(), stats))) == 4
+        assert seen == [1, 1, 1] and pool == [2, 2, 2] and stats.decode_threads == 2
+        assert torch.get_num_threads() == 2 and ext.gemv_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -175,3 +175,41 @@ def test_compiled_op_finds_the_plan_by_key_and_refuses_freed_ones(isas):
     gc.collect()
     with pytest.raises(RuntimeError, match="was freed"):
         torch.ops.llmbin_cpu.lut_matmul(x, key, 40, 0)
+
+
+@pytest.mark.parametrize("kind,p", [("ptq161", 1), ("plain", 2), ("pbllm", 1)])
+def test_one_token_matmuls_split_over_the_pool_give_the_same_bits(kind, p, isas):
+    """Rows split over the spinning pool's threads (each building its own tables) = one thread, bit for bit."""
+    ext = cpu.load_extension()
+    fmt = make_format(1040, 1024, 64, p, kind)  # 65 row blocks: uneven shards
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    x = torch.randn(1, 1024)
+    for isa in isas:
+        one = cpu.lut_matmul(state, x, isa, poison=True)
+        for n in (2, 3):
+            runs = ext.gemv_pool_runs()
+            with cpu.gemv_threads(n):
+                assert ext.gemv_threads() == n
+                split = cpu.lut_matmul(state, x, isa, poison=True)
+                many = cpu.lut_matmul(state, torch.randn(5, 1024), isa)  # several tokens: OpenMP as before
+            assert ext.gemv_pool_runs() == runs + 1, "the pool did not run"
+            assert torch.equal(split, one), f"{isa}, {n} threads"
+            assert many.shape == (5, 1040)
+        assert rel_err(one, reference(fmt.dequantize(), x)) <= TOL[torch.float32]
+    assert ext.gemv_threads() == 1
+
+
+def test_pool_wakes_after_its_helpers_went_to_sleep(isas):
+    import time
+
+    ext = cpu.load_extension()
+    fmt = make_format(1024, 512, 64, 1, "plain")
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    x = torch.randn(1, 512)
+    one = cpu.lut_matmul(state, x)
+    with cpu.gemv_threads(2):
+        for _ in range(3):
+            runs = ext.gemv_pool_runs()
+            time.sleep(0.02)  # helpers stop spinning after ~5 ms and block
+            assert torch.equal(cpu.lut_matmul(state, x), one)
+            assert ext.gemv_pool_runs() == runs + 1

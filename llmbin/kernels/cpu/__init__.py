@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from .. import register_backend
 from .layout import layer_layout, uniform_layout
 
+SOURCES = [Path(__file__).with_name(name) for name in ("lut.cpp", "decode_attention.cpp")]
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
 ROWS = 16  # rows per interleaved block = entries per lookup table
 
@@ -41,7 +43,7 @@ _lock = threading.Lock()
 def cache_dir() -> Path:
     """One build per torch, python and kernel source: checkouts with different lut.cpp never rebuild each other's."""
     root = Path(os.environ.get("LLMBIN_CACHE", Path.home() / ".cache" / "llmbin"))
-    source = hashlib.sha1(Path(__file__).with_name("lut.cpp").read_bytes()).hexdigest()[:10]
+    source = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:10]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{source}"
     return root / "torch_extensions" / f"cpu_lut-{tag}"
 
@@ -61,7 +63,7 @@ def load_extension():
                 if not any(build.glob("*.so")):
                     print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
                           file=sys.stderr, flush=True)
-                _ext = load(name="llmbin_cpu_lut", sources=[str(Path(__file__).with_name("lut.cpp"))],
+                _ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES],
                             extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                             build_directory=str(build), verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
             except Exception as exc:  # noqa: BLE001 - any build failure means: fall back, loudly
@@ -74,6 +76,23 @@ def load_extension():
 
 def build_error() -> str | None:
     return _error
+
+
+@contextmanager
+def gemv_threads(n: int | None):
+    """One-token matmuls (decode steps) split over n threads inside the block: the caller and n - 1 helper
+    threads that spin between calls (lut.cpp's SpinPool; they block ~5 ms after the last one). None or 1, or no
+    kernel: unchanged. Many-token matmuls (prefill) use torch's OpenMP threads as always."""
+    ext = load_extension() if n and n > 1 else None
+    if ext is None:
+        yield
+        return
+    before = ext.gemv_threads()
+    ext.set_gemv_threads(n)
+    try:
+        yield
+    finally:
+        ext.set_gemv_threads(before)
 
 
 def _interleave(t: torch.Tensor, n_blocks: int) -> torch.Tensor:
@@ -100,7 +119,19 @@ def _register_fake() -> None:
     def _(x, key, n, isa):
         return x.new_empty((*x.shape[:-1], n))
 
+    @torch.library.register_fake("llmbin_cpu::decode_attention")
+    def _(q, k, v, mask, scale):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
     _register_fake.done = True
+
+
+def decode_attention_op():
+    """The extension's one-token attention op (decode_attention.cpp), or None when the kernel cannot be built."""
+    if load_extension() is None:
+        return None
+    _register_fake()
+    return torch.ops.llmbin_cpu.decode_attention
 
 
 def prepare_state(module, isa: str | None = None) -> CpuState:

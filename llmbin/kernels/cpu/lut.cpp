@@ -20,9 +20,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -334,6 +339,108 @@ __attribute__((target("avx512f"))) void sparse_avx512(const at::Half* vals, cons
 }
 #endif
 
+// ---- GEMV threads: one token's matmul is 2-20 us of work, too short for OpenMP. A passive OpenMP
+// team sleeps between such calls and waking it costs more than the second core gives. These helpers
+// spin between calls instead, for at most kSpin after the last one, then block; so a decode loop
+// keeps them hot and an idle process costs nothing. Off (no helpers) unless set_gemv_threads(n > 1).
+class SpinPool {
+ public:
+  static SpinPool& get() {
+    static SpinPool pool;
+    return pool;
+  }
+  ~SpinPool() { resize(1); }
+
+  int size() const { return static_cast<int>(threads_.size()) + 1; }
+  int64_t runs() const { return runs_.load(); }  // calls split so far (tests: the pool did run)
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> guard(resize_mutex_);
+    n = std::max(1, n);
+    if (n == size()) return;
+    stop_.store(true);
+    { std::lock_guard<std::mutex> lock(m_); }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    stop_.store(false);
+    done_.reset(new Done[n]);
+    // a helper's first job is the next generation after this one, however late the thread starts
+    const uint64_t start = gen_.load();
+    for (int h = 0; h + 1 < n; ++h) {
+      done_[h].gen.store(start);
+      threads_.emplace_back([this, h, start] { loop(h, start); });
+    }
+  }
+
+  // Runs fn(0..shards-1): shard 0 on the caller, shard h+1 on helper h. False (nothing run) when the pool is
+  // busy with another caller or too small: the caller then does the work itself.
+  bool run(int shards, const std::function<void(int)>& fn) {
+    if (shards < 2 || shards > size() || busy_.exchange(true)) return false;
+    runs_.fetch_add(1, std::memory_order_relaxed);
+    job_ = &fn;
+    shards_.store(shards, std::memory_order_relaxed);
+    const uint64_t g = gen_.fetch_add(1) + 1;  // seq_cst, before reading sleepers_ (pairs with loop())
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> lock(m_);
+      cv_.notify_all();
+    }
+    fn(0);
+    for (int h = 0; h + 1 < shards; ++h)
+      while (done_[h].gen.load(std::memory_order_acquire) != g) pause();
+    busy_.store(false);
+    return true;
+  }
+
+ private:
+  struct alignas(64) Done {
+    std::atomic<uint64_t> gen{0};
+  };
+  static constexpr auto kSpin = std::chrono::milliseconds(5);
+
+  static void pause() {
+#ifdef LLMBIN_X86
+    _mm_pause();
+#endif
+  }
+
+  void loop(int h, uint64_t seen) {
+    for (;;) {
+      uint64_t g;
+      auto since = std::chrono::steady_clock::now();
+      int spins = 0;
+      while ((g = gen_.load(std::memory_order_acquire)) == seen) {
+        if (stop_.load(std::memory_order_relaxed)) return;
+        pause();
+        if (++spins % 1024 == 0 && std::chrono::steady_clock::now() - since > kSpin) {
+          std::unique_lock<std::mutex> lock(m_);
+          sleepers_.fetch_add(1);  // seq_cst, before re-reading gen_ (pairs with run())
+          cv_.wait(lock, [&] { return gen_.load() != seen || stop_.load(); });
+          sleepers_.fetch_sub(1);
+          since = std::chrono::steady_clock::now();
+        }
+      }
+      if (stop_.load()) return;
+      seen = g;
+      if (h + 1 < shards_.load(std::memory_order_relaxed)) (*job_)(h + 1);
+      done_[h].gen.store(g, std::memory_order_release);
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::unique_ptr<Done[]> done_{new Done[1]};
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<int> shards_{0}, sleepers_{0};
+  std::atomic<int64_t> runs_{0};
+  std::atomic<bool> stop_{false}, busy_{false};
+  const std::function<void(int)>* job_ = nullptr;
+  std::mutex m_, resize_mutex_;
+  std::condition_variable cv_;
+};
+
+constexpr int64_t kMinShardWords = 256;  // words of one token's work per thread below which a GEMV is not split
+constexpr int64_t kQuad = 4;              // row blocks per AVX-512 pass at most (run_seg's RB)
+
 struct Plan;
 
 // Live plans by key: compiled graphs call the op `llmbin_cpu::lut_matmul(x, key, n, isa)`, which takes
@@ -403,42 +510,49 @@ struct Plan {
                 "expected CPU activations [..., ", K, "]");
     if (isa == kAuto) isa = best_isa();
     TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
-    const at::Tensor x = x_in.reshape({-1, K}).to(at::kFloat).contiguous();
-    const int64_t M = x.size(0);
-    at::Tensor y = at::empty({M, NB * L}, x.options());
+    // A decode step makes ~200 of these calls of a few us each: float32 contiguous input, an output in its final
+    // shape and a reused per-thread workspace skip the ATen calls (~0.3-0.5 us each) a general input needs.
+    const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
+    const at::Tensor x = direct ? x_in : x_in.reshape({-1, K}).to(at::kFloat).contiguous();
+    const int64_t M = x.numel() / K;
+    std::vector<int64_t> sizes = x_in.sizes().vec();
+    sizes.back() = N;
+    const bool in_place = direct && NB * L == N;  // the kernel can write the returned tensor itself
+    at::Tensor y = in_place ? at::empty(sizes, x.options()) : at::empty({M, NB * L}, x.options());
     // Tables take 16 floats per activation: bound their memory by doing tokens in chunks.
     const int64_t chunk = std::min(M, std::max<int64_t>(4, (int64_t{8} << 20) / (KX * TW * 4)));
-    at::Tensor work = at::empty({std::max<int64_t>(chunk, 1), KX * TW + KX * 32 + NG}, x.options());
+    const int64_t wstride = KX * TW + KX * 32 + NG;
+    thread_local std::vector<float> scratch;
+    at::Tensor work;
+    float* wbase;
     if (poison) {
+      work = at::full({std::max<int64_t>(chunk, 1), wstride}, std::numeric_limits<float>::quiet_NaN(), x.options());
       y.fill_(std::numeric_limits<float>::quiet_NaN());
-      work.fill_(std::numeric_limits<float>::quiet_NaN());
+      wbase = work.data_ptr<float>();
+    } else {
+      const size_t need = static_cast<size_t>(std::max<int64_t>(chunk, 1) * wstride);
+      if (scratch.size() < need) scratch.resize(need);
+      wbase = scratch.data();
     }
-    const int64_t wstride = work.size(1);
     const float* xp = x.data_ptr<float>();
     const bool sparse = sp_values.numel() > 0;
     for (int64_t m0 = 0; m0 < M; m0 += chunk) {
       const int64_t mc = std::min(chunk, M - m0);
-      float* wp = work.data_ptr<float>();
+      float* wp = wbase;
+      float* y0 = y.data_ptr<float>() + m0 * NB * L;
       // per token: tables, then the gathered activations, then the group sums
-      const Job j{NB, wstride, wp, wp + KX * TW + KX * 32, y.data_ptr<float>() + m0 * NB * L, true};
-      // building a token's tables is ~1 cycle per activation: only worth threads for many tokens
-      at::parallel_for(0, mc, std::max<int64_t>(1, 32768 / (KX * 32)), [&](int64_t a, int64_t b) {
-        for (int64_t t = a; t < b; ++t) {
-          float* base = wp + t * wstride;
+      auto build = [&](int64_t t, float* base) {
 #ifdef LLMBIN_X86
-          if (isa == kAvx512) {
-            build_avx512(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), KX, segs,
-                         base + KX * TW, base, base + KX * TW + KX * 32);
-            continue;
-          }
-#endif
-          build_scalar(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), KX, segs,
+        if (isa == kAvx512) {
+          build_avx512(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), KX, segs,
                        base + KX * TW, base, base + KX * TW + KX * 32);
+          return;
         }
-      });
-      // a block costs ~10 cycles per word and token with AVX-512: stay serial below ~2k words of work
-      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, per_block * mc));
-      at::parallel_for(0, NB, grain, [&](int64_t b0, int64_t b1) {
+#endif
+        build_scalar(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), KX, segs,
+                     base + KX * TW, base, base + KX * TW + KX * 32);
+      };
+      auto blocks = [&](const Job& j, int64_t b0, int64_t b1) {
         Job js = j;
         for (const Seg& s : segs) {
           run_seg(s, js, b0, b1, 0, mc, isa);
@@ -447,11 +561,38 @@ struct Plan {
         if (!sparse) return;
         const int64_t n0 = b0 * L, n1 = std::min(b1 * L, N);
         for (int64_t t = 0; t < mc; ++t) run_sparse(xp + (m0 + t) * K, j.y + t * NB * L, n0, n1, isa);
+      };
+      // Threads split the row blocks at multiples of kQuad (the most blocks one kernel pass takes), so every
+      // block is summed in the same order however many threads share the work: results are bit-identical.
+      const int64_t NQ = (NB + kQuad - 1) / kQuad;
+      auto split = [&](int i, int shards) { return std::min(NB, NQ * i / shards * kQuad); };
+      // One token on the spinning pool: every thread builds its own copy of the tables (~0.3 us), which is
+      // faster than reading the caller's from another core's cache.
+      SpinPool& pool = SpinPool::get();
+      const int shards = static_cast<int>(std::min<int64_t>({pool.size(), NQ, per_block * NB * mc / kMinShardWords}));
+      const bool pooled = mc == 1 && shards > 1 && pool.run(shards, [&](int i) {
+        thread_local std::vector<float> own;
+        float* base = wp;
+        if (i > 0) {
+          if (static_cast<int64_t>(own.size()) < wstride) own.resize(wstride);
+          base = own.data();
+        }
+        build(0, base);
+        blocks(Job{NB, wstride, base, base + KX * TW + KX * 32, y0, true}, split(i, shards), split(i + 1, shards));
       });
+      if (pooled) continue;
+      // building a token's tables is ~1 cycle per activation: only worth threads for many tokens
+      at::parallel_for(0, mc, std::max<int64_t>(1, 32768 / (KX * 32)), [&](int64_t a, int64_t b) {
+        for (int64_t t = a; t < b; ++t) build(t, wp + t * wstride);
+      });
+      // a block costs ~10 cycles per word and token with AVX-512: stay serial below ~2k words of work
+      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, per_block * mc));
+      const Job j{NB, wstride, wp, wp + KX * TW + KX * 32, y0, true};
+      at::parallel_for(0, NQ, std::max<int64_t>(1, grain / kQuad),
+                       [&](int64_t q0, int64_t q1) { blocks(j, q0 * kQuad, std::min(q1 * kQuad, NB)); });
     }
+    if (in_place) return y;
     at::Tensor out = NB * L == N ? y : y.narrow(1, 0, N);
-    std::vector<int64_t> sizes = x_in.sizes().vec();
-    sizes.back() = N;
     return out.to(x_in.scalar_type()).reshape(sizes);
   }
 
@@ -497,4 +638,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
+  m.def("set_gemv_threads", [](int n) { SpinPool::get().resize(n); },
+        "threads for one-token matmuls (1: the caller only; more: spinning helpers)");
+  m.def("gemv_threads", [] { return SpinPool::get().size(); });
+  m.def("gemv_pool_runs", [] { return SpinPool::get().runs(); });
 }

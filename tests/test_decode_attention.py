@@ -1,0 +1,77 @@
+"""One-token grouped-query attention (llmbin/decode_attention.py and its CPU op) against float64 SDPA and HF eager."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_llama
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the cpu op is not built")
+
+
+@pytest.fixture(scope="module")
+def op():
+    from llmbin.kernels import cpu
+
+    found = cpu.decode_attention_op()
+    assert found is not None, cpu.build_error()
+    return found
+
+
+@pytest.mark.parametrize("b,h,g,length,d", [(1, 3, 3, 256, 64), (2, 2, 7, 40, 64), (1, 4, 1, 33, 80), (1, 1, 5, 17, 8)])
+def test_op_matches_float64_sdpa_for_every_mask_kind(op, b, h, g, length, d):
+    gen = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen) * 2 for n in (g, length, length))
+    valid = torch.zeros(b, 1, 1, length, dtype=torch.bool)
+    valid[0, ..., : length // 3 + 1] = True  # the static cache's written prefix
+    valid[-1, ..., : length - 2] = True
+    masks = {"bool": valid, "float": torch.where(valid, 0.0, float("-inf")) + torch.rand(b, 1, 1, length, generator=gen),
+             "none": None}
+    for name, mask in masks.items():
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.3,
+                                             attn_mask=None if mask is None else mask if mask.dtype == torch.bool
+                                             else mask.double())
+        out = op(q, k, v, mask, 0.3)
+        assert out.shape == q.shape and out.dtype == torch.float32
+        assert (out.double() - ref).abs().max() < 2e-5, name
+
+
+def test_op_fake_shape_and_fully_masked_rows(op):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 9, 16)
+    nothing = torch.zeros(1, 1, 1, 9, dtype=torch.bool)
+    assert torch.equal(op(q, k, k, nothing, 0.25), torch.zeros_like(q))  # SDPA would return NaN
+    with FakeTensorMode() as mode:
+        fake = op(mode.from_tensor(q), mode.from_tensor(k), mode.from_tensor(k), None, 0.25)
+    assert fake.shape == q.shape
+    with pytest.raises(RuntimeError, match="mask must be"):
+        op(q, k, k, torch.ones(1, 2, 1, 9, dtype=torch.bool), 0.25)
+
+
+def test_decode_step_logits_match_hf_eager_attention():
+    """A cached one-token step of a GQA model through llmbin_sdpa against transformers' own eager attention."""
+    from transformers import StaticCache
+
+    from llmbin.decode_attention import NAME, use_grouped_decode_attention
+
+    model = tiny_llama(seed=3).eval()  # 4 query heads on 2 KV heads
+    ids = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for impl in ("eager", "llmbin"):
+        if impl == "eager":
+            model.set_attn_implementation("eager")
+        else:
+            model.set_attn_implementation("sdpa")
+            assert use_grouped_decode_attention(model) and model.config._attn_implementation == NAME
+        cache = StaticCache(config=model.config, max_cache_len=32)
+        with torch.inference_mode():
+            model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+            out = model(input_ids=ids[:, -1:], position_ids=torch.tensor([[6]]), past_key_values=cache, use_cache=True)
+        logits[impl] = out.logits[0, -1]
+    assert (logits["llmbin"] - logits["eager"]).abs().max() < 1e-4
+    assert use_grouped_decode_attention(model) is False  # already switched: nothing to do
