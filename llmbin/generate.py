@@ -161,6 +161,10 @@ class Decoder:
         self.step_threads, self.gemv_threads = decode_threads_for(bool(packed), self.device, decode_threads)
         # one query token attends to the static cache without a copy per KV group, eager or compiled alike
         self.grouped_attention = use_grouped_decode_attention(model)
+        if self.grouped_attention and self.device.type == "cpu":
+            from .kernels.cpu import decode_attention_op
+
+            decode_attention_op()  # build/load the op now, not inside the first timed step
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.head = screened_greedy_head(model) if screened_head else None
         self.compile = compile  # becomes False when compiling fails
@@ -187,6 +191,9 @@ class Decoder:
         if kind in self.warm:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 return self.compiled[kind](token, position)
+        if kind not in self.compiled:
+            self.log("llmbin: compiling the decode step (about a minute the first time for a model shape, seconds once "
+                     "cached; --no-compile skips it)")
         try:
             fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS))
             out = fn(token, position)
@@ -319,8 +326,8 @@ def machine_line() -> str:
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--compile/--no-compile", "compile_step", default=None,
-              help="Compile the decode step with torch.compile (default: for packed models; ~20-40 s the first "
-                   "time on a small model, ~10 s once cached).")
+              help="Compile the decode step with torch.compile (default: for packed models; about a minute the "
+                   "first time for a model shape on 2 cores, seconds once cached).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None,
               help="CPU threads for prefill and decode (default: torch's count). A packed model's decode steps run "
