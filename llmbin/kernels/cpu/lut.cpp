@@ -358,6 +358,11 @@ class SpinPool {
     std::lock_guard<std::mutex> guard(resize_mutex_);
     n = std::max(1, n);
     if (n == size()) return;
+    while (busy_.exchange(true)) std::this_thread::yield();  // not while another thread's call is split
+    struct Release {
+      std::atomic<bool>& flag;
+      ~Release() { flag.store(false); }
+    } release{busy_};
     stop_.store(true);
     { std::lock_guard<std::mutex> lock(m_); }
     cv_.notify_all();
