@@ -135,8 +135,8 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
                 "decode_attention: the mask must be bool or float32");
   }
   at::Tensor out = at::empty_like(q);
-  thread_local std::vector<float> scores;
-  if (static_cast<int64_t>(scores.size()) < G * L) scores.resize(G * L);
+  thread_local std::vector<float> scores;  // one query row's scores at a time
+  if (static_cast<int64_t>(scores.size()) < L) scores.resize(L);
 #if defined(__x86_64__) || defined(_M_X64)
   const bool avx512 = __builtin_cpu_supports("avx512f");
 #else
