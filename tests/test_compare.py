@@ -157,3 +157,26 @@ def test_set_addresses_rows_whose_names_hold_dots():
     assert rows["gptq"].params.bits == 3 and rows["gptq"].pipeline.embeddings == shipped.pipeline.embeddings
     with pytest.raises(LlmbinError, match="METHOD.KEY=VALUE"):
         resolve_entries(["pbllm-1.7"], {}, ["pbllm.bits=3"])
+
+
+def test_compare_row_with_a_distill_stage_reports_what_the_stage_did(tiny_llama_dir, text_file, tmp_path):
+    """Two rows that differ only in the recipe's distill stage must not look alike in the report: its params are equal."""
+    out = tmp_path / "c"
+    recipe = tmp_path / "gptq2-distill.yaml"
+    recipe.write_text("method: gptq\nparams: {bits: 2, group_size: 32}\ndistill: {enabled: true, nsamples: 6, "
+                      "eval_nsamples: 2, seqlen: 32, epochs: 3, batch_size: 2, lr: 0.02, eval_every: 3, topk: 64}\n")
+    result = run("compare", tiny_llama_dir, "--methods", "gptq,gptq2-distill", "--recipes", f"gptq2-distill={recipe}",
+                 "--set", "gptq.bits=2", "--set", "gptq.group_size=32", "--dataset", text_file, "--nsamples", "4",
+                 "--seqlen", "32", "--ppl", text_file, "--max-windows", "4", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = {m["label"]: m for m in json.loads((out / "results.json").read_text())["methods"]}
+    assert "distill" not in rows["gptq"]
+    stage = rows["gptq2-distill"]["distill"]
+    assert stage["steps"] == 9 and stage["kept"] == (stage["loss_after"] < stage["loss_before"])
+    report = (out / "report.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("- gptq2-distill: "))
+    assert f"held-out loss {stage['loss_before']:.4f} -> {stage['loss_after']:.4f} in 9 steps" in line
+    assert '"nsamples": 6' in line and "then distillation" not in next(
+        x for x in report.splitlines() if x.startswith("- gptq: "))
+    # the distilled row's scales moved, its codes did not: its perplexity differs from the plain row's
+    assert rows["gptq2-distill"]["perplexity"][0]["ppl"] != rows["gptq"]["perplexity"][0]["ppl"] or not stage["kept"]

@@ -174,6 +174,9 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
                 record["peak_rss_mb"] = round(peak.read_mb(), 1)
                 stats = getattr(qm, "stats", None) or qm.info  # where api.quantize keeps its own timing
                 record["api_quantize_seconds"] = stats.get("quantize_seconds")  # without packing and writing
+                trained = (qm.info or {}).get("distill")  # a recipe's distill stage: did it help, and was it kept
+                if trained:
+                    record["distill"] = {k: trained[k] for k in ("loss_before", "loss_after", "kept", "steps")}
                 del qm
                 gc.collect()
                 inspected = inspect_checkpoint(checkpoint)

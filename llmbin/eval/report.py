@@ -58,6 +58,20 @@ def _task_cell(row: dict, name: str) -> str:
     return f"{m['value']:.3f}" + (f" ± {m['stderr']:.3f}" if m["stderr"] is not None else "")
 
 
+def _distill_note(row: dict) -> str:
+    """A recipe's distill stage, which its params do not show, and what it did to the held-out loss."""
+    stage = (row.get("recipe") or {}).get("distill") or {}
+    if not stage.get("enabled"):
+        return ""
+    keys = ("loss", "nsamples", "eval_nsamples", "seqlen", "epochs", "lr")
+    note = f", then distillation `{json.dumps({k: stage[k] for k in keys if k in stage}, sort_keys=True)}`"
+    done = row.get("distill")
+    if done:
+        note += (f": held-out loss {done['loss_before']:.4f} -> {done['loss_after']:.4f} in {done['steps']} steps, "
+                 + ("trained tensors kept" if done["kept"] else "no gain, original tensors kept"))
+    return note
+
+
 def markdown(results: dict) -> str:
     texts, tasks = ppl_names(results), task_names(results)
     ref = results["reference"]
@@ -103,7 +117,8 @@ def markdown(results: dict) -> str:
         out.append(f"- {note}")
     out += ["", "Recipes:", ""]
     for m in results["methods"]:
-        out.append(f"- {m['label']}: `{json.dumps(m.get('recipe', {}).get('params', {}), sort_keys=True)}`")
+        out.append(f"- {m['label']}: `{json.dumps(m.get('recipe', {}).get('params', {}), sort_keys=True)}`"
+                   + _distill_note(m))
     if results.get("command"):
         out += ["", f"Command: `{results['command']}`"]
     out += ["", f"Versions: {results['versions']}", "",
