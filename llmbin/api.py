@@ -11,6 +11,7 @@ from .data import calibration_windows, load_text, token_stream
 from .data.windows import token_hash
 from .workarea import digest
 from .errors import LlmbinError
+from .host_memory import release_freed_memory
 from .methods import get_method
 from .methods.base import QuantResult
 from .models.loading import load_config, load_model
@@ -135,6 +136,7 @@ def quantize(model_ref: str, recipe: Recipe, out: str | Path | None = None, over
     if stream is None:
         check_finite(model)
         round_to_storage(model, storage)  # quantize, evaluate and store the same numbers
+        release_freed_memory()  # the rounding's temporaries
     windows, calib_source = calibration_ids(model, tokenizer, recipe)
     fingerprint = {"config": digest(config.to_dict()), "recipe": digest(recipe.to_dict()),
                    "model_revision": model_revision(model_ref), "calibration": token_hash(windows)}

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .activation_cache import ActivationCache
+from .host_memory import release_freed_memory
 from .methods.base import QuantMethod, QuantResult
 from .models.walk import capture_layer_calls, decoder_layers, find_linears, layer_output, make_linears_explicit
 from .stats import InputStats
@@ -250,6 +251,7 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
         layers[i] = layer.cpu()
         if stream is not None:
             stream.release(i)
+        release_freed_memory()  # this layer's temporaries, before the next layer allocates its own
     cache.close()
     if stream is None:
         model.to("cpu")

@@ -37,12 +37,27 @@ def storage_tensor(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 @torch.no_grad()
 def round_to_storage(model: torch.nn.Module, dtype: torch.dtype | None) -> None:
-    """Round every saved floating tensor of `model` through its storage dtype, in place (dtype kept)."""
+    """Round every saved floating tensor of `model` through its storage dtype (dtype kept).
+
+    Each tensor gets new memory rather than being overwritten: transformers maps the weights file copy-on-write,
+    so writing in place would turn the whole mapping into private pages that stay resident (the mapping lives as
+    long as any tensor from it) beside each layer's fake-quant weights, ~2x the model in RSS. Swapping every saved
+    tensor lets the mapping go.
+    """
     if dtype is None:
         return
-    for t in model.state_dict().values():
-        if t.is_floating_point() and t.device.type != "meta":
-            t.copy_(storage_tensor(t, dtype).to(t.dtype))
+    seen = set()
+    for module in model.modules():
+        saved = [(module._parameters, n) for n in module._parameters] + [
+            (module._buffers, n) for n in module._buffers if n not in module._non_persistent_buffers_set]
+        for table, name in saved:
+            t = table[name]
+            if t is None or id(t) in seen or not t.is_floating_point() or t.device.type == "meta":
+                continue
+            seen.add(id(t))
+            rounded = storage_tensor(t.detach(), dtype)
+            if rounded.data_ptr() != t.data_ptr():  # else already in the storage dtype: nothing to round
+                t.data = rounded.to(t.dtype)
 
 
 def dtype_name(dtype: torch.dtype | None) -> str | None:

@@ -9,7 +9,6 @@ for earlier ones. Results are rewritten after every model, so an interrupted run
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import shutil
@@ -19,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LlmbinError
+from ..host_memory import release_freed_memory
 from ..recipe import SHIPPED_DIR, Recipe
 from .report import write_report
 from .suite import EvalSpec, evaluate_ref, versions
@@ -72,10 +72,7 @@ class PeakRSS:
 
     def reset(self) -> None:
         gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the next peak starts low
-        except (OSError, AttributeError):
-            pass
+        release_freed_memory()  # so the next peak starts low
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
