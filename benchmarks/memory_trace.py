@@ -69,12 +69,11 @@ def main() -> None:
     for owner, name in ((api, "load_model"), (storage, "round_to_storage"), (api, "quantize_model"),
                         (api.QuantizedModel, "save")):
         wrap(owner, name)
-    params = {}
-    for kv in args.set:
-        key, value = kv.split("=", 1)
-        params[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
-    recipe = Recipe.create(args.method, params, {"dataset": args.dataset, "nsamples": args.nsamples,
-                                                 "seqlen": args.seqlen})
+    recipe = Recipe.create(args.method, calibration={"dataset": args.dataset, "nsamples": args.nsamples,
+                                                      "seqlen": args.seqlen})
+    for item in args.set:
+        key, _, value = item.partition("=")
+        recipe.set(key.strip(), value.strip())  # coerced to the field's type, as `llmbin quantize --set`
     recipe.pipeline.embeddings = recipe.pipeline.head = "none"  # protocol v2's rows
     threading.Thread(target=sample, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,9 +81,9 @@ def main() -> None:
     mark("end")
     stop.set()
     peak_anon = max(samples, key=lambda s: s[1]["RssAnon"])
-    result = {"model": args.model, "method": args.method, "params": params, "nsamples": args.nsamples,
-              "seqlen": args.seqlen, "threads": os.environ.get("OMP_NUM_THREADS"), "machine": platform.processor(),
-              "load_average": os.getloadavg(), "peak_vmhwm_mb": marks[-1]["VmHWM"],
+    result = {"model": args.model, "method": args.method, "params": recipe.to_dict()["params"],
+              "nsamples": args.nsamples, "seqlen": args.seqlen, "threads": os.environ.get("OMP_NUM_THREADS"),
+              "machine": platform.processor(), "load_average": os.getloadavg(), "peak_vmhwm_mb": marks[-1]["VmHWM"],
               "peak_sampled_anon_mb": peak_anon[1]["RssAnon"], "peak_sampled_anon_at_s": peak_anon[0],
               "marks": marks, "samples": samples}
     print(f"peak VmHWM {result['peak_vmhwm_mb']} MB; peak sampled anonymous {result['peak_sampled_anon_mb']} MB "

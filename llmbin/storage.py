@@ -46,18 +46,14 @@ def round_to_storage(model: torch.nn.Module, dtype: torch.dtype | None) -> None:
     """
     if dtype is None:
         return
-    seen = set()
-    for module in model.modules():
-        saved = [(module._parameters, n) for n in module._parameters] + [
-            (module._buffers, n) for n in module._buffers if n not in module._non_persistent_buffers_set]
-        for table, name in saved:
-            t = table[name]
-            if t is None or id(t) in seen or not t.is_floating_point() or t.device.type == "meta":
-                continue
-            seen.add(id(t))
-            rounded = storage_tensor(t.detach(), dtype)
-            if rounded.data_ptr() != t.data_ptr():  # else already in the storage dtype: nothing to round
-                t.data = rounded.to(t.dtype)
+    seen = set()  # a tied tensor appears under each of its names
+    for t in model.state_dict(keep_vars=True).values():  # the modules' own parameters and buffers
+        if id(t) in seen or not t.is_floating_point() or t.device.type == "meta":
+            continue
+        seen.add(id(t))
+        rounded = storage_tensor(t.detach(), dtype)
+        if rounded.data_ptr() != t.data_ptr():  # else already in the storage dtype: nothing to round
+            t.data = rounded.to(t.dtype)
 
 
 def dtype_name(dtype: torch.dtype | None) -> str | None:
