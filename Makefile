@@ -34,6 +34,7 @@ demo: $(STAMP) $(DEMO_TEXT)
 	bash scripts/demo.sh
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports   # the package's layering (pyproject.toml, docs/architecture.md)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -2,7 +2,7 @@
 
 This VM's speed drifts by 10-20% from one minute to the next, for both programs alike; timing each once, minutes
 apart, compares the drift. Here the llmbin model stays loaded and compiled, and every round times one 128-token
-greedy decode (llmbin.decode_bench.static_speed: the path of `llmbin generate` and `llmbin bench`) and, right after,
+greedy decode (llmbin.runtime.decode_bench.static_speed: the path of `llmbin generate` and `llmbin bench`) and, right after,
 one `llama-bench -n 128 -p 0 -r 1` per GGUF, so each pair runs seconds apart. Between its decodes the llmbin
 process is idle (the kernel's helper threads block 5 ms after the last matmul).
 
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from llmbin.api import load
-    from llmbin.decode_bench import PROMPT, static_speed
+    from llmbin.runtime.decode_bench import PROMPT, static_speed
 
     torch.set_num_threads(args.threads)
     model, tok = load(args.checkpoint, "cpu", torch.float32)

@@ -1,7 +1,7 @@
 """File size and perplexity of one quantized model with each embedding/head setting (issue 17).
 
 The decoder layers are quantized once (api.quantize with pipeline.embeddings=none); every setting
-then runs the embedding stage (llmbin/embeddings.py) on a copy of that packed model, writes a full
+then runs the embedding stage (llmbin/calibrate/embeddings.py) on a copy of that packed model, writes a full
 checkpoint, loads it back with llmbin.load and scores it under the same perplexity protocol. So the
 rows differ only in the embedding/head setting.
 
@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 import llmbin
-from llmbin.api import QuantizedModel, _unquantized_linears, calibration_ids, evaluate_ppl
-from llmbin.embeddings import quantize_embeddings
-from llmbin.model_size import model_size
-from llmbin.pipeline import QuantLog
+from llmbin.api import QuantizedModel, evaluate_ppl
+from llmbin.recipe.run import _unquantized_linears, calibration_ids
+from llmbin.calibrate.embeddings import quantize_embeddings
+from llmbin.checkpoint.size import model_size
+from llmbin.calibrate.quant_log import QuantLog
 from llmbin.recipe import Recipe
 
 

@@ -14,10 +14,10 @@ import torch
 
 from llmbin.api import evaluate_ppl
 from llmbin.data import calibration_windows, load_text, token_stream
-from llmbin.embeddings import head_input_stats, quantize_matrix
+from llmbin.calibrate.embeddings import head_input_stats, quantize_matrix
 from llmbin.models.loading import load_model
-from llmbin.nn_embedding import QuantEmbedding, TiedQuantHead
-from llmbin.storage import round_to_storage
+from llmbin.nn import QuantEmbedding, TiedQuantHead
+from llmbin.checkpoint.storage_dtype import round_to_storage
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--windows", type=int, default=8)

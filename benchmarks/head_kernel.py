@@ -1,14 +1,14 @@
 """Output-head GEMV at SmolLM2's shape (49152 x 576, one token): packed uniform int on the cpu backend vs F.linear.
 
     OMP_NUM_THREADS=1 python benchmarks/head_kernel.py   # prints one markdown row per candidate
-Candidates are timed round-robin (llmbin.bench._round_robin), median per call, weights hot in cache.
+Candidates are timed round-robin (llmbin.runtime.kernel_bench._round_robin), median per call, weights hot in cache.
 """
 import os
 
 import torch
 import torch.nn.functional as F
 
-from llmbin.bench import _round_robin
+from llmbin.runtime.kernel_bench import _round_robin
 from llmbin.methods.rtn import rtn_format
 from llmbin.nn import QuantLinear
 

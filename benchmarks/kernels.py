@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llmbin.bench import BENCH_BATCHES, BENCH_SHAPES, format_table, run_kernel_bench
+from llmbin.runtime.kernel_bench import BENCH_BATCHES, BENCH_SHAPES, format_table, run_kernel_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import llmbin.api as api
-    import llmbin.storage as storage
+    import llmbin.recipe.run as run
     from llmbin.recipe import Recipe
 
     start, samples, marks, stop = time.time(), [], [], threading.Event()
@@ -66,7 +66,7 @@ def main() -> None:
 
         setattr(owner, name, traced)
 
-    for owner, name in ((api, "load_model"), (storage, "round_to_storage"), (api, "quantize_model"),
+    for owner, name in ((run, "load_model"), (run, "round_to_storage"), (run, "quantize_model"),
                         (api.QuantizedModel, "save")):
         wrap(owner, name)
     recipe = Recipe.create(args.method, calibration={"dataset": args.dataset, "nsamples": args.nsamples,

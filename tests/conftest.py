@@ -80,7 +80,7 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
 
 def save_packed(model, results: dict, path, **config) -> None:
     """Pack a pipeline-quantized model in place and save it as transformers does (no llmbin checkpoint writer)."""
-    from llmbin.checkpoint import pack_model
+    from llmbin.checkpoint.writer import pack_model
 
     pack_model(model, results)
     model.config.quantization_config = {"quant_method": "llmbin", "format_version": config.pop("format_version", 1),

@@ -5,7 +5,7 @@ import itertools
 
 import torch
 
-from llmbin.bench import random_bitplane
+from llmbin.runtime.kernel_bench import random_bitplane
 
 NS, KS, MS = (1, 7, 64, 257), (32, 128, 544), (1, 2, 3, 16, 33)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

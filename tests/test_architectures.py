@@ -4,12 +4,13 @@ import torch
 import transformers as tf
 
 import llmbin  # noqa: F401  (registers the quantizer)
-from llmbin.checkpoint import pack_model
+from llmbin.checkpoint.writer import pack_model
 from conftest import save_packed
 from llmbin.methods import get_method
 from llmbin.models.walk import decoder_layers, find_linears
-from llmbin.pipeline import QuantLog, quantize_model
-from llmbin.recipe import PipelineOptions
+from llmbin.calibrate.pipeline import quantize_model
+from llmbin.calibrate.quant_log import QuantLog
+from llmbin.calibrate.options import PipelineOptions
 
 H = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
          vocab_size=256, max_position_embeddings=128)
@@ -91,8 +92,8 @@ def test_packed_embeddings_every_architecture(arch, tmp_path):
     matrices put back as float weights, before and after a save/reload (Gemma's scaled embedding included)."""
     import copy
 
-    from llmbin.embeddings import quantize_embeddings
-    from llmbin.nn_embedding import QuantEmbedding
+    from llmbin.calibrate.embeddings import quantize_embeddings
+    from llmbin.nn import QuantEmbedding
 
     model = build(arch)
     ids = torch.randint(0, 256, (4, 24), generator=torch.Generator().manual_seed(0))

@@ -14,8 +14,9 @@ import llmbin  # noqa: F401
 from conftest import save_packed
 from llmbin.kernels import select_backend
 from llmbin.methods import get_method
-from llmbin.pipeline import QuantLog, quantize_model
-from llmbin.recipe import PipelineOptions
+from llmbin.calibrate.pipeline import quantize_model
+from llmbin.calibrate.quant_log import QuantLog
+from llmbin.calibrate.options import PipelineOptions
 
 METHODS = {"pbllm": {}, "ptq161": {"epochs": 1, "precision": "bf16"}, "dbllm": {}}
 

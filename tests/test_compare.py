@@ -5,7 +5,7 @@ import math
 from click.testing import CliRunner
 
 from llmbin.cli import main
-from llmbin.eval.report import markdown, write_report
+from llmbin.compare.report import markdown, write_report
 
 
 def ppl(name, value):
@@ -67,7 +67,7 @@ def test_plot_labels_do_not_overlap(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmbin.eval import report
+    from llmbin.compare import report
 
     captured = {}
     real_close = plt.close
@@ -146,7 +146,7 @@ def test_set_addresses_rows_whose_names_hold_dots():
     import pytest
 
     from llmbin.errors import LlmbinError
-    from llmbin.eval.compare import resolve_entries
+    from llmbin.compare.run import resolve_entries
     from llmbin.recipe import Recipe
 
     rows = dict(resolve_entries(["pbllm-1.7", "gptq"], {}, ["pbllm-1.7.pipeline.embeddings=none",

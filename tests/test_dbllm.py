@@ -115,7 +115,7 @@ def test_packed_planes_and_scales_reproduce_fake_quant_exactly():
 
 def test_checkpoint_round_trip_matches_in_memory_logits(tiny_llama_dir, text_file, tmp_path):
     import llmbin
-    from llmbin.inspect import inspect_checkpoint
+    from llmbin.checkpoint.inspect import inspect_checkpoint
     from llmbin.recipe import Recipe
 
     # the recipe's distill: section trains the scales after the last layer, so the layers written during

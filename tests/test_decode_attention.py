@@ -1,4 +1,4 @@
-"""One-token grouped-query attention (llmbin/decode_attention.py and its CPU op) against float64 SDPA and HF eager."""
+"""One-token grouped-query attention (llmbin/runtime/grouped_attention.py and its CPU op) against float64 SDPA and HF eager."""
 from __future__ import annotations
 
 import shutil
@@ -15,10 +15,10 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
 
 @pytest.fixture(scope="module")
 def op():
-    from llmbin.kernels import cpu
+    from llmbin.kernels import ops
 
-    found = cpu.decode_attention_op()
-    assert found is not None, cpu.build_error()
+    found = ops.decode_attention_op()
+    assert found is not None, ops.build_error()
     return found
 
 
@@ -57,7 +57,7 @@ def test_decode_step_logits_match_hf_eager_attention():
     """A cached one-token step of a GQA model through llmbin_sdpa against transformers' own eager attention."""
     from transformers import StaticCache
 
-    from llmbin.decode_attention import NAME, use_grouped_decode_attention
+    from llmbin.runtime.grouped_attention import NAME, use_grouped_decode_attention
 
     model = tiny_llama(seed=3).eval()  # 4 query heads on 2 KV heads
     ids = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(0))

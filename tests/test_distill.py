@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from llmbin.distill.data import disjoint_windows
-from llmbin.distill.loss import distill_loss, teacher_targets, token_terms
+from llmbin.distill.loss import distill_loss, targets_from_logits, token_terms
 from llmbin.distill.options import DistillOptions
 from llmbin.distill.trainable import TrainableQuantLinear
 from llmbin.formats import BitPlaneFormat, UniformFormat
@@ -38,7 +38,7 @@ def test_ambiguous_token_kl_term_outweighs_confident_one_with_equal_kl():
     conf_student = confident + lo * push
     teacher = torch.stack([confident, ambiguous])[None]
     student = torch.stack([conf_student, amb_student])[None]
-    cache = teacher_targets(teacher, topk=V)
+    cache = targets_from_logits(teacher, topk=V)
     weight, kl = token_terms(student, cache, gamma=1.0)
     torch.testing.assert_close(kl[0, 0], kl[0, 1], rtol=1e-4, atol=1e-6)  # same deviation size
     assert weight[0, 1] * kl[0, 1] > 1.5 * weight[0, 0] * kl[0, 0]  # the ambiguous token's term dominates
@@ -56,12 +56,12 @@ def test_topk_kl_is_exact_at_full_vocab_and_a_lower_bound_below():
     gen = torch.Generator().manual_seed(1)
     teacher, student = torch.randn(2, 5, 40, generator=gen) * 3, torch.randn(2, 5, 40, generator=gen) * 3
     exact = full_kl(student, teacher).float()
-    _, kl_all = token_terms(student, teacher_targets(teacher, topk=40), gamma=0.0)
+    _, kl_all = token_terms(student, targets_from_logits(teacher, topk=40), gamma=0.0)
     torch.testing.assert_close(kl_all, exact, rtol=1e-4, atol=1e-5)
-    _, kl_top = token_terms(student, teacher_targets(teacher, topk=8), gamma=0.0)
+    _, kl_top = token_terms(student, targets_from_logits(teacher, topk=8), gamma=0.0)
     assert torch.all(kl_top <= exact + 1e-5) and torch.all(kl_top >= 0)
     labels = torch.randint(0, 40, (2, 5), generator=gen)
-    with_ce = distill_loss(student, teacher_targets(teacher, topk=40), labels, 1.0, 0.0, ce_weight=0.5)
+    with_ce = distill_loss(student, targets_from_logits(teacher, topk=40), labels, 1.0, 0.0, ce_weight=0.5)
     ce = F.cross_entropy(student[:, :-1].reshape(-1, 40), labels[:, 1:].reshape(-1))
     torch.testing.assert_close(with_ce, kl_all.mean() + 0.5 * ce)
 

@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import llmbin
-from llmbin.embeddings import head_input_stats, parse_setting
+from llmbin.calibrate.embeddings import head_input_stats, parse_setting
 from llmbin.errors import LlmbinError
-from llmbin.model_size import model_size
-from llmbin.nn_embedding import QuantEmbedding, TiedQuantHead
+from llmbin.checkpoint.size import model_size
+from llmbin.nn import QuantEmbedding, TiedQuantHead
 from llmbin.recipe import Recipe
-from llmbin.storage import source_dtype, storage_tensor
+from llmbin.checkpoint.storage_dtype import source_dtype, storage_tensor
 
 from conftest import tiny_llama
 
@@ -156,7 +156,7 @@ def test_model_size_counts_every_file_byte_and_each_parameter_once(sources, text
         assert size["parameters"] == params
         assert size["bits_per_parameter"] == round(8 * size["file_bytes"] / params, 4)
         assert size["times_smaller_than_fp16"] == round(2 * params / size["file_bytes"], 2)
-    from llmbin.inspect import inspect_checkpoint, render
+    from llmbin.checkpoint.inspect import inspect_checkpoint, render
 
     text = render(inspect_checkpoint(tmp_path / "tied"))
     assert "times smaller than fp16" in text and "bits per parameter" in text and "lm_head (tied to" in text

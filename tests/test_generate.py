@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from conftest import tiny_llama
 from conftest_kernels import make_format
 from llmbin.cli import main
-from llmbin.generate import Decoder, DecodeStats, Sampler, TextStream
+from llmbin.runtime.decoder import Decoder, DecodeStats
+from llmbin.runtime.prompt import TextStream
+from llmbin.runtime.sampling import Sampler
 from llmbin.nn import QuantLinear
 
 PROMPT = "The history of the city begins with"
@@ -72,9 +74,9 @@ def test_triton_backend_compiles_into_the_step_under_the_interpreter(tokenizer, 
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("a CUDA machine runs the triton backend natively (test_kernels_triton)")
-    from llmbin.kernels import BACKENDS, _load_optional_backends
+    from llmbin.kernels import BACKENDS, load_optional_backends
 
-    _load_optional_backends()
+    load_optional_backends()
     monkeypatch.setattr(type(BACKENDS["triton"]), "supports", lambda self, meta, device, dtype: None)
     monkeypatch.setenv("LLMBIN_BACKEND", "triton")
     model = packed_tiny_llama(seed=1)
@@ -106,7 +108,7 @@ def test_compile_failure_falls_back_loudly(tokenizer, monkeypatch):
 
 
 def test_screened_head_returns_the_float32_argmax():
-    from llmbin.greedy_head import ScreenedHead
+    from llmbin.runtime.greedy_head import ScreenedHead
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(5000, 96, generator=g) * 0.05
@@ -174,8 +176,8 @@ def test_cli_generate_bad_inputs(args, message, tiny_llama_dir):
 
 
 def test_decode_bench_rows_time_both_paths_on_the_same_tokens(tokenizer):
-    from llmbin.bench import _parse_batches
-    from llmbin.decode_bench import decode_rows
+    from llmbin.cli.bench import _parse_batches
+    from llmbin.runtime.decode_bench import decode_rows
 
     rows = decode_rows("packed", packed_tiny_llama(), tokenizer, new_tokens=6)
     assert [r["path"] for r in rows] == ["hf-generate", "static-compiled"]
@@ -185,7 +187,7 @@ def test_decode_bench_rows_time_both_paths_on_the_same_tokens(tokenizer):
 
 
 def test_decode_threads_split_only_the_packed_matmuls_of_cpu_models(monkeypatch):
-    from llmbin.generate import decode_threads_for
+    from llmbin.runtime.decoder import decode_threads_for
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert decode_threads_for(True, torch.device("cpu"), None) == (1, 4)  # torch ops on 1, the matmuls' pool on 4

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from llmbin.host_memory import release_freed_memory
+from llmbin.host.memory import release_freed_memory
 
 
 def anon_mb() -> float:

@@ -96,8 +96,10 @@ def test_build_failure_warns_once_and_falls_back_to_torch(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("Error building extension: no usable compiler")
 
-    monkeypatch.setattr(cpu, "_ext", None)
-    monkeypatch.setattr(cpu, "_error", None)
+    from llmbin.kernels.cpu import build
+
+    monkeypatch.setattr(build, "_ext", None)
+    monkeypatch.setattr(build, "_error", None)
     monkeypatch.setattr(cpp_extension, "load", broken)
     meta = make_format(8, 64, 32, 1, "plain").meta()
     with pytest.warns(RuntimeWarning, match="torch backend"):
@@ -111,7 +113,7 @@ def test_build_failure_warns_once_and_falls_back_to_torch(monkeypatch):
 
 
 def test_import_does_not_build():
-    code = ("import llmbin, llmbin.nn, llmbin.kernels, llmbin.kernels.cpu as c, sys; "
+    code = ("import llmbin, llmbin.nn, llmbin.kernels, llmbin.kernels.cpu, llmbin.kernels.cpu.build as c, sys; "
             "assert c._ext is None and c._error is None; assert 'llmbin_cpu_lut' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -119,7 +121,7 @@ def test_import_does_not_build():
 def test_bench_command_writes_rows(isas, tmp_path):
     from click.testing import CliRunner
 
-    from llmbin.bench import bench_command
+    from llmbin.cli.bench import bench_command
 
     out = tmp_path / "k.json"
     result = CliRunner().invoke(bench_command, ["--shape", "64x256", "--batch", "1", "--batch", "4", "--planes", "1",

@@ -4,8 +4,9 @@ import torch
 
 from conftest import tiny_llama
 from llmbin.methods import get_method
-from llmbin.pipeline import QuantLog, quantize_model
-from llmbin.recipe import PipelineOptions
+from llmbin.calibrate.pipeline import quantize_model
+from llmbin.calibrate.quant_log import QuantLog
+from llmbin.calibrate.options import PipelineOptions
 
 OPTIONS = [
     ("ptq161", {"act_stat": "mean"}),

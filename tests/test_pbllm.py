@@ -156,7 +156,7 @@ def test_packed_checkpoint_logits_match_in_memory(tmp_path, form):
     import transformers
 
     import llmbin
-    from llmbin.inspect import inspect_checkpoint
+    from llmbin.checkpoint.inspect import inspect_checkpoint
     from llmbin.recipe import Recipe
 
     model_dir, text = tiny_llama_dir(tmp_path)

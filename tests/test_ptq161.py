@@ -15,7 +15,7 @@ from llmbin.methods.solvers.block_training import (ChannelGather, FusedBlockLoss
 from llmbin.methods.solvers.salient_budget import all_in_bits, salient_count_for_budget
 from llmbin.methods.solvers.structured_feedback import gptq_signs, hessian_error
 from llmbin.methods.solvers.structured_mask import StructuredBinary, salient_channel_mask, salient_count
-from llmbin.stats import InputStats
+from llmbin.methods.solvers.input_stats import InputStats
 from llmbin.recipe import Recipe
 
 from conftest import tiny_llama
@@ -141,7 +141,7 @@ def test_input_groups_share_one_mask(quantized_tiny):
             shapes = tuple((f.out_features, f.in_features) for f in fmts)
             assert {f.k_salient for f in fmts} == {salient_count_for_budget(shapes, TINY_BPW)}
             assert all(8 * f.stored_bytes() / (f.out_features * f.in_features) <= TINY_BPW for f in fmts)
-    from llmbin.inspect import inspect_checkpoint, render
+    from llmbin.checkpoint.inspect import inspect_checkpoint, render
 
     shown = {r["module"]: r for r in inspect_checkpoint(quantized_tiny[1])["modules"]}
     assert all(shown[n]["salient_ratio"] == round(r.format.k_salient / r.format.in_features, 4) > 0

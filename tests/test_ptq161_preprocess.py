@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import llmbin
+import llmbin.methods.ptq161 as ptq161_module
 import llmbin.methods.ptq161_preprocess as pre
 from llmbin.errors import LlmbinError
 from llmbin.methods.ptq161 import PTQ161
@@ -50,7 +51,7 @@ class Spy:
                 raise KeyboardInterrupt
             return real_layer(method, ctx)
 
-        monkeypatch.setattr(pre, "run_preprocess", run)
+        monkeypatch.setattr(ptq161_module, "run_preprocess", run)  # the name ptq161 calls
         monkeypatch.setattr(pre, "train_lora", train)
         monkeypatch.setattr(PTQ161, "quantize_layer", layer)
 

@@ -8,9 +8,10 @@ import llmbin  # noqa: F401  (registers the quantizer)
 from conftest import save_packed
 from llmbin.methods import get_method
 from llmbin.models.walk import capture_layer_calls, decoder_layers, layer_output
-from llmbin.pipeline import QuantLog, quantize_model
-from llmbin.recipe import PipelineOptions
-from llmbin.replay import replay_check
+from llmbin.calibrate.pipeline import quantize_model
+from llmbin.calibrate.quant_log import QuantLog
+from llmbin.calibrate.options import PipelineOptions
+from llmbin.calibrate.replay import replay_check
 
 H = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
          vocab_size=256, max_position_embeddings=128)

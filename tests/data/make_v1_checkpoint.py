@@ -15,7 +15,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmbin.api import QuantizedModel
 from llmbin.methods import get_method
-from llmbin.pipeline import QuantLog, quantize_model
+from llmbin.calibrate.pipeline import quantize_model
+from llmbin.calibrate.quant_log import QuantLog
 from llmbin.recipe import Recipe
 
 IDS = torch.tensor([[1, 20, 30, 42, 7, 99, 123, 5, 250, 17]])

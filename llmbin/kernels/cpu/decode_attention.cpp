@@ -1,6 +1,6 @@
 // One query token's attention over a static KV cache, grouped-query heads without copies
-// (llmbin/decode_attention.py): q [B, Hkv, G, D] (the G query heads sharing a KV head as its rows),
-// k, v [B, Hkv, L, D], an optional mask [B or 1, 1, 1, L] (bool: attend where true; float: added),
+// (runtime/grouped_attention.py): q [B, Hkv, G, D] (the G query heads sharing a KV head as its rows),
+// k, v [B, Hkv, cache_len, D], an optional mask [B or 1, 1, 1, cache_len] (bool: attend where true; float: added),
 // out [B, Hkv, G, D]. For this shape torch's SDPA spends ~35 us per call setting up its blocked flash
 // kernel, more than the arithmetic; here a layer of SmolLM2 takes a few us. Masked cache slots
 // (the unwritten tail of the static cache) are skipped, not computed and then zeroed.
@@ -24,9 +24,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Scores of one query row against every unmasked cache slot (masked: -inf), and their maximum.
 template <typename MaskT>
 inline __attribute__((always_inline)) float scores_impl(const float* qg, const float* k, const MaskT* mask,
-                                                        int64_t L, int64_t D, float scale, float* sg) {
+                                                        int64_t cache_len, int64_t D, float scale, float* sg) {
   float best = kNegInf;
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = 0; l < cache_len; ++l) {
     if constexpr (std::is_same_v<MaskT, bool>) {
       if (mask && !mask[l]) {
         sg[l] = kNegInf;
@@ -48,11 +48,11 @@ inline __attribute__((always_inline)) float scores_impl(const float* qg, const f
 }
 
 // out = sum_l p_l v_l / sum_l p_l over the slots with p_l > 0 (p holds the exponentials).
-inline __attribute__((always_inline)) void mix_impl(const float* p, const float* v, int64_t L, int64_t D,
+inline __attribute__((always_inline)) void mix_impl(const float* p, const float* v, int64_t cache_len, int64_t D,
                                                     float* og) {
   for (int64_t d = 0; d < D; ++d) og[d] = 0.f;
   float total = 0.f;
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = 0; l < cache_len; ++l) {
     if (p[l] == 0.f) continue;
     total += p[l];
     const float* vl = v + l * D;
@@ -82,40 +82,40 @@ __attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
 
 template <typename MaskT>
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_avx512(
-    const float* q, const float* k, const float* v, const MaskT* mask, int64_t G, int64_t L, int64_t D, float scale,
+    const float* q, const float* k, const float* v, const MaskT* mask, int64_t G, int64_t cache_len, int64_t D, float scale,
     float* out, float* s) {
   for (int64_t g = 0; g < G; ++g) {
-    const float best = scores_impl(q + g * D, k, mask, L, D, scale, s);
+    const float best = scores_impl(q + g * D, k, mask, cache_len, D, scale, s);
     if (best == kNegInf) {
-      for (int64_t l = 0; l < L; ++l) s[l] = 0.f;
+      for (int64_t l = 0; l < cache_len; ++l) s[l] = 0.f;
     } else {
       int64_t l = 0;
-      for (; l + 16 <= L; l += 16)
+      for (; l + 16 <= cache_len; l += 16)
         _mm512_storeu_ps(s + l, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + l), _mm512_set1_ps(best))));
-      for (; l < L; ++l) s[l] = std::exp(s[l] - best);
+      for (; l < cache_len; ++l) s[l] = std::exp(s[l] - best);
     }
-    mix_impl(s, v, L, D, out + g * D);
+    mix_impl(s, v, cache_len, D, out + g * D);
   }
 }
 #endif
 
 template <typename MaskT>
-void attend_plain(const float* q, const float* k, const float* v, const MaskT* mask, int64_t G, int64_t L,
+void attend_plain(const float* q, const float* k, const float* v, const MaskT* mask, int64_t G, int64_t cache_len,
                   int64_t D, float scale, float* out, float* s) {
   for (int64_t g = 0; g < G; ++g) {
-    const float best = scores_impl(q + g * D, k, mask, L, D, scale, s);
-    for (int64_t l = 0; l < L; ++l) s[l] = best == kNegInf ? 0.f : std::exp(s[l] - best);
-    mix_impl(s, v, L, D, out + g * D);
+    const float best = scores_impl(q + g * D, k, mask, cache_len, D, scale, s);
+    for (int64_t l = 0; l < cache_len; ++l) s[l] = best == kNegInf ? 0.f : std::exp(s[l] - best);
+    mix_impl(s, v, cache_len, D, out + g * D);
   }
 }
 
 template <typename MaskT>
-void attend(bool avx512, const float* q, const float* k, const float* v, const MaskT* mask, int64_t G, int64_t L,
+void attend(bool avx512, const float* q, const float* k, const float* v, const MaskT* mask, int64_t G, int64_t cache_len,
             int64_t D, float scale, float* out, float* s) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (avx512) return attend_avx512(q, k, v, mask, G, L, D, scale, out, s);
+  if (avx512) return attend_avx512(q, k, v, mask, G, cache_len, D, scale, out, s);
 #endif
-  attend_plain(q, k, v, mask, G, L, D, scale, out, s);
+  attend_plain(q, k, v, mask, G, cache_len, D, scale, out, s);
 }
 
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -125,18 +125,18 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.sizes() == k_in.sizes() && q_in.size(0) == k_in.size(0) &&
                   q_in.size(1) == k_in.size(1) && q_in.size(3) == k_in.size(3), "decode_attention: bad shapes");
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), L = k.size(2);
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), cache_len = k.size(2);
   at::Tensor mask;
   if (mask_in.has_value()) {
     mask = mask_in->contiguous();
-    TORCH_CHECK(mask.dim() == 4 && mask.size(1) == 1 && mask.size(2) == 1 && mask.size(3) == L &&
-                    (mask.size(0) == 1 || mask.size(0) == B), "decode_attention: the mask must be [B, 1, 1, L]");
+    TORCH_CHECK(mask.dim() == 4 && mask.size(1) == 1 && mask.size(2) == 1 && mask.size(3) == cache_len &&
+                    (mask.size(0) == 1 || mask.size(0) == B), "decode_attention: the mask must be [B, 1, 1, cache_len]");
     TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kFloat,
                 "decode_attention: the mask must be bool or float32");
   }
   at::Tensor out = at::empty_like(q);
   thread_local std::vector<float> scores;  // one query row's scores at a time
-  if (static_cast<int64_t>(scores.size()) < L) scores.resize(L);
+  if (static_cast<int64_t>(scores.size()) < cache_len) scores.resize(cache_len);
 #if defined(__x86_64__) || defined(_M_X64)
   const bool avx512 = __builtin_cpu_supports("avx512f");
 #else
@@ -145,15 +145,15 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
       const float* qp = q.data_ptr<float>() + (b * H + h) * G * D;
-      const float* kp = k.data_ptr<float>() + (b * H + h) * L * D;
-      const float* vp = v.data_ptr<float>() + (b * H + h) * L * D;
+      const float* kp = k.data_ptr<float>() + (b * H + h) * cache_len * D;
+      const float* vp = v.data_ptr<float>() + (b * H + h) * cache_len * D;
       float* o = out.data_ptr<float>() + (b * H + h) * G * D;
       const int64_t mb = mask.defined() && mask.size(0) == B ? b : 0;
       if (mask.defined() && mask.scalar_type() == at::kBool)
-        attend(avx512, qp, kp, vp, mask.data_ptr<bool>() + mb * L, G, L, D, static_cast<float>(scale), o,
+        attend(avx512, qp, kp, vp, mask.data_ptr<bool>() + mb * cache_len, G, cache_len, D, static_cast<float>(scale), o,
                scores.data());
       else
-        attend(avx512, qp, kp, vp, mask.defined() ? mask.data_ptr<float>() + mb * L : nullptr, G, L, D,
+        attend(avx512, qp, kp, vp, mask.defined() ? mask.data_ptr<float>() + mb * cache_len : nullptr, G, cache_len, D,
                static_cast<float>(scale), o, scores.data());
     }
   return out;

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from ...cpu_threads import cpu_threads
+from ...host.threads import cpu_threads
 from ...errors import LlmbinError
 
 

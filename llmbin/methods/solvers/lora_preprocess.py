@@ -6,7 +6,7 @@ with A, B trained by a causal-LM loss on the calibration windows through the FAK
 (y = x W_q^T + (alpha / r) dropout(x) A^T B^T): the adapters learn what the quantized model lacks, and
 merged into the full-precision weights they move them towards values that survive quantization.
 Only A and B train (AdamW); B starts at 0 so step 0 is the quantized model itself. Memory: gradient
-checkpointing through the decoder layers, bf16 autocast where the device has it. The dropout draws from
+checkpointing through the decoder layers (models/patching.py), bf16 autocast where the device has it. The dropout draws from
 the global RNG, forked and seeded for the training: gradient checkpointing restores that RNG when it
 re-runs a layer (so the recomputed masks are the forward's), and a rerun or a resumed run trains the
 same adapters.
@@ -16,23 +16,26 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...models.walk import set_submodule
+from ...models.patching import checkpointed
+from ...models.walk import decoder_layers, set_submodule
+from .training import LOSS_WINDOWS
 
 
-@dataclass
-class LoRAConfig:
-    r: int = 64
-    alpha: float = 16.0
-    dropout: float = 0.1
-    epochs: int = 1
-    lr: float = 1e-3
-    batch_size: int = 2  # calibration windows per step
+class LoRASettings(Protocol):
+    """What the training reads of its settings (ptq161's `preprocess:` recipe section, LoRAPreprocess)."""
+
+    r: int
+    alpha: float
+    dropout: float
+    epochs: int
+    lr: float
+    batch_size: int  # calibration windows per step
 
 
 class LoRALinear(nn.Module):
@@ -71,7 +74,7 @@ def mean_clm_loss(model, windows: torch.Tensor, batch: int, device, dtype) -> fl
     return total / len(windows)
 
 
-def train_lora(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: LoRAConfig, seed: int,
+def train_lora(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: LoRASettings, seed: int,
                device: torch.device, dtype: torch.dtype, log=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Train LoRA adapters on the linears `names` of the (fake-quantized) model; the model is left as it was.
     -> ({name: merged delta [N, K]}, stats with the causal-LM loss on the first 16 windows before and after)."""
@@ -85,16 +88,13 @@ def train_lora(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: L
     for n in names:
         set_submodule(model, n, adapters[n])
     model.to(device)
-    checkpointing = getattr(model, "supports_gradient_checkpointing", False)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                checkpointed(decoder_layers(model)[1]):
             torch.manual_seed(seed)
-            loss_before, epoch_losses, loss_after = _train(model, adapters, windows, cfg, generator, device, dtype,
-                                                           checkpointing, log)
+            loss_before, epoch_losses, loss_after = _train(model, adapters, windows, cfg, generator, device, dtype, log)
         deltas = {n: adapters[n].delta() for n in names}
     finally:
-        if checkpointing:
-            _checkpointing(model, False)
         model.eval()
         for n in names:
             set_submodule(model, n, bases[n])
@@ -107,15 +107,10 @@ def train_lora(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: L
     return deltas, stats
 
 
-LOSS_WINDOWS = 16  # the loss reported before/after training: on the first 16 windows (a forward each, not free)
-
-
-def _train(model, adapters, windows, cfg, generator, device, dtype, checkpointing, log):
+def _train(model, adapters, windows, cfg, generator, device, dtype, log):
     model.eval()
     loss_before = mean_clm_loss(model, windows[:LOSS_WINDOWS], cfg.batch_size, device, dtype)
     opt = torch.optim.AdamW([p for a in adapters.values() for p in (a.A, a.B)], lr=cfg.lr, weight_decay=0.0)
-    if checkpointing:
-        _checkpointing(model, True)
     model.train()
     epoch_losses = []
     with tqdm(total=cfg.epochs * -(-len(windows) // cfg.batch_size), desc="preprocess: LoRA", unit="step",
@@ -136,20 +131,7 @@ def _train(model, adapters, windows, cfg, generator, device, dtype, checkpointin
     return loss_before, epoch_losses, mean_clm_loss(model, windows[:LOSS_WINDOWS], cfg.batch_size, device, dtype)
 
 
-def _checkpointing(model, on: bool) -> None:
-    """Activation (gradient) checkpointing through the decoder layers; transformers 5 renamed the switch."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        if on:
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.activation_checkpointing_disable()
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
-
-
-def lora_cost(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: LoRAConfig) -> str:
+def lora_cost(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: LoRASettings) -> str:
     """What the training will cost, said before it starts: steps, tokens, trainable parameters, FLOPs."""
     params = sum(p.numel() for p in model.parameters())
     shapes = [model.get_submodule(n).weight.shape for n in names]

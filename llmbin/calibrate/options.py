@@ -1,0 +1,32 @@
+"""The `calibration:` and `pipeline:` recipe sections: which text calibrates, and how the layer-by-layer run goes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import LlmbinError
+
+
+@dataclass
+class Calibration:
+    dataset: str = "wikitext2"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class PipelineOptions:
+    true_sequential: bool = False
+    batch_size: int = 8  # calibration windows per forward call; results do not depend on it
+    activation_cache: str = "cpu"  # cpu | disk
+    device: str = "cpu"
+    skip: list = field(default_factory=list)  # module-name substrings left in full precision
+    stream: bool = False  # load decoder layers one at a time from safetensors (models larger than RAM)
+    memory_budget_mb: int = 0  # refuse before starting when the pre-flight host estimate exceeds it (0: no check)
+    embeddings: str = "int5"  # token embeddings (and a tied head): int2..int8 [-row|-gG] | none (calibrate/embeddings.py)
+    head: str = "same"  # output head of an untied model: same (as embeddings) | int8 | int4 | ... | none
+    head_windows: int = 32  # calibration windows whose final hidden states give the head's Hessian
+
+    def __post_init__(self):
+        if self.activation_cache not in ("cpu", "disk"):
+            raise LlmbinError(f"pipeline.activation_cache must be cpu or disk, not {self.activation_cache!r}")

@@ -1,0 +1,4 @@
+"""`python -m llmbin.cli ...` runs the `llmbin` command."""
+from . import main
+
+main()

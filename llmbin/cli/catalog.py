@@ -1,0 +1,37 @@
+"""`llmbin methods | formats | models`: what this llmbin can run, store and load by name."""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from ..formats import FORMATS
+from ..methods import METHODS
+from ..models.loading import BUNDLED
+from ..recipe import Recipe
+
+
+@click.command("methods")
+def methods_command():
+    """List quantization methods and their parameters."""
+    for name, cls in sorted(METHODS.items()):
+        click.echo(f"{name:8s} {cls.summary}")
+        params = Recipe.default_for(name).params  # what `--method NAME` runs
+        source = "shipped recipe " + name if params != cls.params_cls() else "method defaults"
+        values = ", ".join(f"{f.name}={getattr(params, f.name)!r}" for f in dataclasses.fields(cls.params_cls))
+        click.echo(f"{'':8s}   parameters ({source}): {values}")
+
+
+@click.command("formats")
+def formats_command():
+    """List packed formats."""
+    for name, cls in sorted(FORMATS.items()):
+        click.echo(f"{name:9s} version {cls.version}: {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+
+
+@click.command("models")
+def models_command():
+    """List bundled model names (usable offline) and the other accepted references."""
+    for name, spec in BUNDLED.items():
+        click.echo(f"{name:18s} {spec.description}")
+    click.echo("Also accepted: a local HF model directory, a .gguf file, or a Hugging Face hub id (online).")

@@ -1,0 +1,123 @@
+"""Files that appear whole or not at all, and the hashes that name what they hold.
+
+Every writer of llmbin goes through `atomic_path`: the bytes go to a temporary file beside the target (same
+directory, so the rename cannot cross file systems), are flushed to disk, renamed over the target, and the
+directory entry is flushed too. A crash at any moment leaves the old file or the new one, never half of one;
+a killed process leaves at most a `.NAME.PID.tmp` file, which `remove_stale_temp_files` clears.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import LlmbinError
+
+
+def cache_root() -> Path:
+    """llmbin's cache (converted models, fetched files, built kernels): $LLMBIN_CACHE, default ~/.cache/llmbin."""
+    return Path(os.environ.get("LLMBIN_CACHE", Path.home() / ".cache" / "llmbin"))
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's entry to disk (a no-op where the platform cannot open directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path to write `path`'s new content to; on success it replaces `path` durably."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise LlmbinError(f"no space left on the device while writing {path}; free some space and rerun") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def publish_directory(work: Path, target: Path) -> None:
+    """Rename a finished directory into place, its files and entries on disk first (target must not exist)."""
+    for item in Path(work).rglob("*"):
+        if item.is_file():
+            fsync_path(item)
+    fsync_path(work)
+    os.replace(work, target)
+    fsync_path(Path(target).parent)
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete `.NAME.PID.tmp` files of processes that no longer run (a killed writer's leftovers)."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest(obj) -> str:
+    """16 hex digits naming a JSON-like object; tensors inside it count by their bytes, dtype and shape."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_tensor_name).encode()).hexdigest()[:16]
+
+
+def _tensor_name(value) -> str:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return f"tensor {t.dtype} {list(t.shape)} {h.hexdigest()}"
+    return str(value)

@@ -1,0 +1,90 @@
+"""transformers integration: `AutoModelForCausalLM.from_pretrained(dir)` of an llmbin checkpoint.
+
+The config's `quantization_config` (quant_method "llmbin") lists every packed module with its
+format meta. Before weights load, those modules become QuantLinear with buffers of the declared
+shapes, and the safetensors headers are checked against them, so a missing, unexpected or
+wrongly shaped packed tensor stops loading with its name.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers.quantizers.auto import register_quantization_config, register_quantizer
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from ..checkpoint.embeddings import install_packed_embeddings, packed_embedding_modules
+from ..checkpoint.validation import validate_checkpoint_files
+from ..checkpoint.version import FORMAT_VERSION, READABLE_VERSIONS
+from ..formats import format_from_meta
+from ..models.walk import decoder_layers, make_linears_explicit, set_submodule
+from ..nn import QuantLinear, untie_packed
+
+
+@register_quantization_config("llmbin")
+class LlmbinConfig(QuantizationConfigMixin):
+    def __init__(self, modules: dict | None = None, format_version: int = FORMAT_VERSION, **kwargs):
+        self.quant_method = "llmbin"
+        self.format_version = format_version
+        self.modules = modules or {}
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+@register_quantizer("llmbin")
+class LlmbinHfQuantizer(HfQuantizer):
+    requires_calibration = True  # llmbin checkpoints are made by `llmbin quantize`, not on the fly
+
+    def validate_environment(self, *args, **kwargs):
+        version = self.quantization_config.format_version
+        if version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
+            raise ValueError(f"llmbin checkpoint format version {version} is not supported by this llmbin "
+                             f"(reads versions {readable}); upgrade llmbin or re-quantize")
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        record = getattr(self.quantization_config, "embeddings", None)
+        convert_to_quant_linears(model, self.quantization_config.modules)
+        install_packed_embeddings(model, record)
+        if checkpoint_files:
+            validate_checkpoint_files(model, checkpoint_files,
+                                      {**self.quantization_config.modules, **packed_embedding_modules(record)})
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        record = getattr(self.quantization_config, "embeddings", None)
+        if record and record.get("tied") and record.get("input"):
+            # the packed matrix is shared by reference: a later tie_weights() (lm-eval calls one) must not look
+            # for the float `weight` parameters that no longer exist
+            untie_packed(model)
+        return model
+
+    def is_serializable(self, safe_serialization=None):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+def convert_to_quant_linears(model, modules: dict) -> None:
+    """Give the model the module structure of the checkpoint: explicit linears, then QuantLinear where packed."""
+    _, layers = decoder_layers(model)
+    for layer in layers:
+        make_linears_explicit(layer)
+    for name, meta in modules.items():
+        format_from_meta(meta)  # unknown format or version: a clear error before anything loads
+        old = model.get_submodule(name)
+        bias = getattr(old, "bias", None)
+        dtype = bias.dtype if bias is not None else torch.float32
+        set_submodule(model, name, QuantLinear(meta, bias is not None, dtype, device=bias.device if bias is not None else None))
+    # Every tensor of the decoder layers comes from the checkpoint (validated before loading), so
+    # transformers' random re-initialisation of "missing" weights must not touch them (QuantLinear has no .weight).
+    for module in layers.modules():
+        module._is_hf_initialized = True

@@ -1,0 +1,40 @@
+// Python and torch.compile faces of the lookup-table product: the Plan class (pybind11), the
+// `llmbin_cpu::lut_matmul` op that compiled graphs call, and the spinning pool's size.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "lut_plan.h"
+
+namespace {
+
+at::Tensor lut_matmul_op(const at::Tensor& x, int64_t key, int64_t n, int64_t isa) {
+  const Plan* plan;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto it = registry.find(key);
+    TORCH_CHECK(it != registry.end(), "llmbin cpu plan ", key, " was freed; a compiled graph outlived its model");
+    plan = it->second;
+  }
+  TORCH_CHECK(plan->N == n, "plan ", key, " has ", plan->N, " rows, not ", n);
+  return plan->forward(x, isa, false).contiguous();  // compiled graphs assume the fake's contiguous strides
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llmbin_cpu, m) { m.def("lut_matmul(Tensor x, int key, int n, int isa) -> Tensor"); }
+TORCH_LIBRARY_IMPL(llmbin_cpu, CPU, m) { m.impl("lut_matmul", &lut_matmul_op); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Plan>(m, "Plan")
+      .def(pybind11::init<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                          std::vector<at::Tensor>, std::vector<int64_t>, at::Tensor, at::Tensor, at::Tensor, int64_t,
+                          int64_t>())
+      .def_readonly("key", &Plan::key)
+      .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
+           pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
+  m.def("set_gemv_threads", [](int n) { SpinPool::get().resize(n); },
+        "threads for one-token matmuls (1: the caller only; more: spinning helpers)");
+  m.def("gemv_threads", [] { return SpinPool::get().size(); });
+  m.def("gemv_pool_runs", [] { return SpinPool::get().runs(); });
+}

@@ -1,0 +1,76 @@
+"""Building and loading the native CPU extension (bindings.cpp + decode_attention.cpp and their headers).
+
+It compiles with torch.utils.cpp_extension on first use, once per torch, Python and kernel source, under
+$LLMBIN_CACHE/torch_extensions (default ~/.cache/llmbin/torch_extensions), so checkouts with different kernels
+never rebuild each other's. When it cannot be built, `load_extension()` returns None and `build_error()` says why.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from ...host.files import cache_root
+
+HERE = Path(__file__).parent
+SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp"]  # translation units; headers are included
+
+_ext = None
+_error: str | None = None
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    text = b"".join(p.read_bytes() for p in sorted(HERE.glob("*.cpp")) + sorted(HERE.glob("*.h")))
+    source = hashlib.sha1(text).hexdigest()[:10]
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{source}"
+    return cache_root() / "torch_extensions" / f"cpu_lut-{tag}"
+
+
+def load_extension():
+    """The compiled module, or None (and `build_error()` says why) when it cannot be built."""
+    global _ext, _error
+    if _ext is not None or _error is not None:
+        return _ext
+    with _lock:
+        if _ext is None and _error is None:
+            try:
+                from torch.utils.cpp_extension import load
+
+                build = cache_dir()
+                build.mkdir(parents=True, exist_ok=True)
+                if not any(build.glob("*.so")):
+                    print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
+                          file=sys.stderr, flush=True)
+                ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES],
+                           extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                           build_directory=str(build), verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
+                _register_fakes()
+                _ext = ext
+            except Exception as exc:  # noqa: BLE001 - any build failure means: fall back, loudly
+                lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+                _error = f"the C++ kernel could not be built ({type(exc).__name__}: {lines[-1] if lines else ''})"
+                warnings.warn(f"llmbin: {_error}; bit-plane layers on CPU run on the slower torch backend instead",
+                              RuntimeWarning, stacklevel=3)
+    return _ext
+
+
+def build_error() -> str | None:
+    return _error
+
+
+def _register_fakes() -> None:
+    """Shapes of the extension's ops for torch.compile (the ops are defined by the extension, so after it loads)."""
+
+    @torch.library.register_fake("llmbin_cpu::lut_matmul")
+    def _(x, key, n, isa):
+        return x.new_empty((*x.shape[:-1], n))
+
+    @torch.library.register_fake("llmbin_cpu::decode_attention")
+    def _(q, k, v, mask, scale):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -1,0 +1,194 @@
+// A layer repacked for the lookup-table kernels (lut_kernels.h) and the product that drives them.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "lut_kernels.h"
+#include "spin_pool.h"
+
+namespace {
+
+constexpr int64_t kMinShardWords = 256;  // words of one token's work per thread below which a GEMV is not split
+constexpr int64_t kBlocksPerPass = 4;     // row blocks per AVX-512 pass at most (run_segment's RB)
+
+struct Plan;
+
+// Live plans by key: compiled graphs call the op `llmbin_cpu::lut_matmul(x, key, n, isa)`, which takes
+// only tensors and ints, so a plan is found by the key it got when it was built (and forgotten when freed).
+std::mutex registry_mutex;
+std::unordered_map<int64_t, const Plan*> registry;
+std::atomic<int64_t> next_key{0};
+
+// The repacked weights of one layer; forward() takes activations of any float dtype and shape [..., K].
+struct Plan {
+  at::Tensor gidx, gscale, sp_values, sp_colidx, sp_rowptr;
+  std::vector<at::Tensor> words, scales, offsets;
+  std::vector<Segment> segs;
+  int64_t N, K, NB, words_per_token, NG, per_block = 0;
+  int64_t key = next_key++;
+
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    registry.erase(key);
+  }
+
+  Plan(at::Tensor gidx_, at::Tensor gscale_, std::vector<at::Tensor> words_, std::vector<at::Tensor> scales_,
+       std::vector<at::Tensor> offsets_, std::vector<int64_t> shape, at::Tensor spv, at::Tensor spc, at::Tensor spr,
+       int64_t n_rows, int64_t k)
+      : gidx(gidx_.contiguous()), gscale(gscale_.contiguous()), sp_values(spv), sp_colidx(spc), sp_rowptr(spr),
+        words(words_), scales(scales_), offsets(offsets_), N(n_rows), K(k) {
+    TORCH_CHECK(gidx.scalar_type() == at::kInt && gscale.scalar_type() == at::kFloat && gidx.numel() == gscale.numel());
+    TORCH_CHECK(gidx.numel() % 32 == 0 && words.size() == scales.size() && words.size() == offsets.size() &&
+                shape.size() == 2 * words.size() && !words.empty());
+    words_per_token = gidx.numel() / 32;
+    NB = words[0].size(0);
+    TORCH_CHECK(NB == (N + kRows - 1) / kRows, "row blocks do not match the number of rows");
+    int64_t word0 = 0;
+    NG = 0;
+    for (size_t i = 0; i < words.size(); ++i) {
+      const at::Tensor& w = words[i];
+      const int64_t ng = shape[2 * i], wpg = shape[2 * i + 1];
+      TORCH_CHECK(w.dim() == 4 && w.size(0) == NB && w.size(1) == ng * wpg && w.size(3) == kRows && w.is_contiguous() &&
+                  w.scalar_type() == at::kInt, "bad words tensor for segment ", i);
+      TORCH_CHECK(scales[i].is_contiguous() && scales[i].scalar_type() == at::kFloat &&
+                  scales[i].numel() == NB * ng * w.size(2) * kRows, "bad scales for segment ", i);
+      const bool off = offsets[i].numel() > 0;
+      TORCH_CHECK(!off || (offsets[i].is_contiguous() && offsets[i].scalar_type() == at::kFloat &&
+                           offsets[i].numel() == NB * ng * kRows), "bad offsets for segment ", i);
+      segs.push_back(Segment{w.data_ptr<int32_t>(), scales[i].data_ptr<float>(),
+                         off ? offsets[i].data_ptr<float>() : nullptr,
+                         ng, wpg, w.size(2), word0, NG});
+      word0 += ng * wpg;
+      NG += ng;
+      per_block += ng * wpg * w.size(2);
+    }
+    TORCH_CHECK(word0 == words_per_token, "segments do not cover the gather index");
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    registry[key] = this;
+    if (sp_values.numel() > 0)
+      TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt &&
+                  sp_values.scalar_type() == at::kHalf &&
+                  (sp_colidx.scalar_type() == at::kShort || sp_colidx.scalar_type() == at::kInt) &&
+                  sp_colidx.numel() == sp_values.numel());
+  }
+
+  // poison: fill the output and workspace with NaN first (tests: every value used must be written)
+  at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const {
+    TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K,
+                "expected CPU activations [..., ", K, "]");
+    if (isa == kAuto) isa = best_isa();
+    TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
+    // A decode step makes ~200 of these calls of a few us each: float32 contiguous input, an output in its final
+    // shape and a reused per-thread workspace skip the ATen calls (~0.3-0.5 us each) a general input needs.
+    const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
+    const at::Tensor x = direct ? x_in : x_in.reshape({-1, K}).to(at::kFloat).contiguous();
+    const int64_t M = x.numel() / K;
+    std::vector<int64_t> sizes = x_in.sizes().vec();
+    sizes.back() = N;
+    const bool in_place = direct && NB * kRows == N;  // the kernel can write the returned tensor itself
+    at::Tensor y = in_place ? at::empty(sizes, x.options()) : at::empty({M, NB * kRows}, x.options());
+    // Tables take 16 floats per activation: bound their memory by doing tokens in chunks.
+    const int64_t chunk = std::min(M, std::max<int64_t>(4, (int64_t{8} << 20) / (words_per_token * kTableFloats * 4)));
+    const int64_t wstride = words_per_token * kTableFloats + words_per_token * 32 + NG;
+    thread_local std::vector<float> scratch;
+    at::Tensor work;
+    float* wbase;
+    if (poison) {
+      work = at::full({std::max<int64_t>(chunk, 1), wstride}, std::numeric_limits<float>::quiet_NaN(), x.options());
+      y.fill_(std::numeric_limits<float>::quiet_NaN());
+      wbase = work.data_ptr<float>();
+    } else {
+      const size_t need = static_cast<size_t>(std::max<int64_t>(chunk, 1) * wstride);
+      if (scratch.size() < need) scratch.resize(need);
+      wbase = scratch.data();
+    }
+    const float* xp = x.data_ptr<float>();
+    const bool sparse = sp_values.numel() > 0;
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+      const int64_t mc = std::min(chunk, M - m0);
+      float* wp = wbase;
+      float* y0 = y.data_ptr<float>() + m0 * NB * kRows;
+      // per token: tables, then the gathered activations, then the group sums
+      auto build = [&](int64_t t, float* base) {
+#ifdef LLMBIN_X86
+        if (isa == kAvx512) {
+          build_avx512(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token, segs,
+                       base + words_per_token * kTableFloats, base, base + words_per_token * kTableFloats + words_per_token * 32);
+          return;
+        }
+#endif
+        build_scalar(xp + (m0 + t) * K, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token, segs,
+                     base + words_per_token * kTableFloats, base, base + words_per_token * kTableFloats + words_per_token * 32);
+      };
+      auto blocks = [&](const TokenBatch& j, int64_t b0, int64_t b1) {
+        TokenBatch js = j;
+        for (const Segment& s : segs) {
+          run_segment(s, js, b0, b1, 0, mc, isa);
+          js.first = false;
+        }
+        if (!sparse) return;
+        const int64_t n0 = b0 * kRows, n1 = std::min(b1 * kRows, N);
+        for (int64_t t = 0; t < mc; ++t) run_sparse(xp + (m0 + t) * K, j.y + t * NB * kRows, n0, n1, isa);
+      };
+      // Threads split the row blocks at multiples of kBlocksPerPass (the most blocks one kernel pass takes), so every
+      // block is summed in the same order however many threads share the work: results are bit-identical.
+      const int64_t pass_count = (NB + kBlocksPerPass - 1) / kBlocksPerPass;
+      auto split = [&](int i, int shards) { return std::min(NB, pass_count * i / shards * kBlocksPerPass); };
+      // One token on the spinning pool: every thread builds its own copy of the tables (~0.3 us), which is
+      // faster than reading the caller's from another core's cache.
+      SpinPool& pool = SpinPool::get();
+      const int shards = static_cast<int>(std::min<int64_t>({pool.size(), pass_count, per_block * NB * mc / kMinShardWords}));
+      const bool pooled = mc == 1 && shards > 1 && pool.run(shards, [&](int i) {
+        thread_local std::vector<float> own;
+        float* base = wp;
+        if (i > 0) {
+          if (static_cast<int64_t>(own.size()) < wstride) own.resize(wstride);
+          base = own.data();
+        }
+        build(0, base);
+        blocks(TokenBatch{NB, wstride, base, base + words_per_token * kTableFloats + words_per_token * 32, y0, true}, split(i, shards), split(i + 1, shards));
+      });
+      if (pooled) continue;
+      // building a token's tables is ~1 cycle per activation: only worth threads for many tokens
+      at::parallel_for(0, mc, std::max<int64_t>(1, 32768 / (words_per_token * 32)), [&](int64_t a, int64_t b) {
+        for (int64_t t = a; t < b; ++t) build(t, wp + t * wstride);
+      });
+      // a block costs ~10 cycles per word and token with AVX-512: stay serial below ~2k words of work
+      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, per_block * mc));
+      const TokenBatch j{NB, wstride, wp, wp + words_per_token * kTableFloats + words_per_token * 32, y0, true};
+      at::parallel_for(0, pass_count, std::max<int64_t>(1, grain / kBlocksPerPass),
+                       [&](int64_t q0, int64_t q1) { blocks(j, q0 * kBlocksPerPass, std::min(q1 * kBlocksPerPass, NB)); });
+    }
+    if (in_place) return y;
+    at::Tensor out = NB * kRows == N ? y : y.narrow(1, 0, N);
+    return out.to(x_in.scalar_type()).reshape(sizes);
+  }
+
+  void run_sparse(const float* x, float* y, int64_t n0, int64_t n1, int64_t isa) const {
+    const at::Half* v = sp_values.data_ptr<at::Half>();
+    const int32_t* rp = sp_rowptr.data_ptr<int32_t>();
+    const bool narrow = sp_colidx.scalar_type() == at::kShort;
+#ifdef LLMBIN_X86
+    if (isa == kAvx512) {
+      if (narrow) sparse_avx512(v, sp_colidx.data_ptr<int16_t>(), rp, x, y, n0, n1);
+      else sparse_avx512(v, sp_colidx.data_ptr<int32_t>(), rp, x, y, n0, n1);
+      return;
+    }
+#endif
+    if (narrow) sparse_scalar(v, sp_colidx.data_ptr<int16_t>(), rp, x, y, n0, n1);
+    else sparse_scalar(v, sp_colidx.data_ptr<int32_t>(), rp, x, y, n0, n1);
+  }
+};
+
+}  // namespace

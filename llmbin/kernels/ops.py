@@ -1,0 +1,25 @@
+"""The compiled ops, reached through one Python surface.
+
+The CPU extension (kernels/cpu) defines
+    llmbin_cpu::lut_matmul(x, key, n, isa)            the packed product by the plan registered under `key`
+    llmbin_cpu::decode_attention(q, k, v, mask, scale) one query token over a static KV cache, grouped heads
+with shape-only ("fake") implementations registered when it loads, so torch.compile traces both into a graph
+without breaking it. Call them through this module; None means the extension could not be built (build_error()).
+"""
+from __future__ import annotations
+
+import torch
+
+from .cpu.build import build_error, load_extension
+
+__all__ = ["build_error", "decode_attention_op", "lut_matmul_op"]
+
+
+def decode_attention_op():
+    """torch.ops.llmbin_cpu.decode_attention(q [B,Hkv,G,D], k, v [B,Hkv,L,D], mask or None, scale), or None."""
+    return torch.ops.llmbin_cpu.decode_attention if load_extension() is not None else None
+
+
+def lut_matmul_op():
+    """torch.ops.llmbin_cpu.lut_matmul(x [..., K], plan key, N, isa) -> [..., N], or None."""
+    return torch.ops.llmbin_cpu.lut_matmul if load_extension() is not None else None

@@ -1,0 +1,76 @@
+"""Single-token attention over a static KV cache without copying the cache per layer.
+
+With grouped-query attention, transformers' `sdpa` path expands the key/value heads to one per query
+head (`repeat_kv`) whenever the step is being compiled, so every compiled decode step copied each
+layer's whole static cache twice: on SmolLM2 (3 KV heads, 9 query heads, a 256-token cache) ~35 MB
+of copies per token, more time than all its packed matmuls. For one query token, the query heads
+that share a KV head can act as that head's query rows ([B, H_kv, G, D] against [B, H_kv, L, D])
+under the mask every head shares: the same attention, no copy. On CPU in float32 the extension's
+op (kernels/cpu/decode_attention.cpp, reached through kernels/ops.py) computes it, since SDPA's flash kernel spends ~35 us per call
+on set-up for this shape (30 layers: ~1 ms per token); elsewhere SDPA does. `llmbin_sdpa` does this
+and hands every other case (prefill, per-head masks, position biases, softcapping, ...) to
+transformers' own sdpa function unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.ops import decode_attention_op
+
+NAME = "llmbin_sdpa"
+
+
+def _cpu_op(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None):
+    if not (q.device.type == "cpu" and q.dtype == key.dtype == value.dtype == torch.float32
+            and (mask is None or mask.dtype in (torch.bool, torch.float32))):
+        return None
+    return decode_attention_op()
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, q_len, dim = query.shape
+    shared_mask = attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+                                             and attention_mask.shape[2] == 1)
+    plain = not kwargs.get("softcap") and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None
+    if q_len != 1 or not shared_mask or not plain or dropout or key.shape[1] * groups != heads:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    q = query.reshape(batch, heads // groups, groups, dim)
+    scale = dim ** -0.5 if scaling is None else float(scaling)
+    op = _cpu_op(q, key, value, attention_mask)
+    if op is not None:
+        out = op(q, key, value, attention_mask, scale)
+    elif groups > 1:
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=attention_mask, scale=scale)
+    else:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Make `llmbin_sdpa` a transformers attention implementation (masks built as for `sdpa`); returns its name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(NAME, grouped_decode_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
+
+
+def use_grouped_decode_attention(model) -> bool:
+    """Switch a model that attends with `sdpa` to `llmbin_sdpa` (True), else leave it alone (False)."""
+    configs = [model.config] + [getattr(model.config, name) for name in ("text_config", "decoder")
+                                if hasattr(model.config, name)]
+    if not any(getattr(c, "_attn_implementation", None) == "sdpa" for c in configs):
+        return False
+    register()
+    for c in configs:
+        if getattr(c, "_attn_implementation", None) == "sdpa":
+            c._attn_implementation = NAME
+    return True
