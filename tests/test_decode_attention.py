@@ -13,13 +13,23 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
                                 reason="no C++ compiler: the cpu op is not built")
 
 
-@pytest.fixture(scope="module")
-def op():
+def isa_paths() -> list[int]:
+    """Every code path of the op this CPU can run: 1 portable, 3 AVX-512 (0 is 'the best', one of these)."""
+    with open("/proc/cpuinfo") as f:
+        return [1] + ([3] if "avx512f" in f.read() else [])
+
+
+@pytest.fixture(params=["auto", "portable", "avx512"])
+def op(request):
     from llmbin.kernels import ops
 
     found = ops.decode_attention_op()
     assert found is not None, ops.build_error()
-    return found
+    isa = {"auto": 0, "portable": 1, "avx512": 3}[request.param]
+    if isa and isa not in isa_paths():
+        pytest.skip(f"this CPU has no {request.param} path")
+    return found if isa == 0 else (lambda q, k, v, mask, scale: torch.ops.llmbin_cpu.decode_attention_isa(
+        q, k, v, mask, scale, isa))
 
 
 @pytest.mark.parametrize("b,h,g,length,d", [(1, 3, 3, 256, 64), (2, 2, 7, 40, 64), (1, 4, 1, 33, 80), (1, 1, 5, 17, 8)])
@@ -51,6 +61,23 @@ def test_op_fake_shape_and_fully_masked_rows(op):
     assert fake.shape == q.shape
     with pytest.raises(RuntimeError, match="mask must be"):
         op(q, k, k, torch.ones(1, 2, 1, 9, dtype=torch.bool), 0.25)
+
+
+def test_nan_propagates_alike_on_every_path():
+    """A broken model's NaN must come out as NaN on every CPU, not as finite garbage on one of them."""
+    from llmbin.kernels import ops
+
+    assert ops.decode_attention_op() is not None, ops.build_error()
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 3, 16, generator=gen) for _ in range(3))
+    k, v = torch.randn(1, 2, 40, 16, generator=gen), torch.randn(1, 2, 40, 16, generator=gen)
+    k[0, 1, 5] = float("nan")  # one cache slot of KV head 1 (an AVX-512 lane, not the tail)
+    outs = {isa: torch.ops.llmbin_cpu.decode_attention_isa(q, k, v, None, 0.25, isa) for isa in isa_paths()}
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.25)
+    for isa, out in outs.items():
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"isa {isa}: NaN pattern differs from SDPA's"
+        assert torch.isnan(out[0, 1]).all() and not torch.isnan(out[0, 0]).any()
+        assert (out[0, 0].double() - ref[0, 0]).abs().max() < 2e-5
 
 
 def test_decode_step_logits_match_hf_eager_attention():

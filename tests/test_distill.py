@@ -267,7 +267,7 @@ def test_killed_distillation_resumes_from_its_saved_state(quantized, tmp_path, m
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
-    assert not out.exists() and (tmp_path / ".out.distill-partial" / "distill-state.pt").exists()
+    assert not out.exists() and (tmp_path / ".out.distill-partial" / "distill-state.safetensors").exists()
     with pytest.raises(llmbin.errors.LlmbinError, match="--resume"):
         llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
     monkeypatch.setattr(Stage, "batch_loss", real)
@@ -317,3 +317,34 @@ def test_quantize_with_distill_section_resumes_a_killed_stage(tiny_llama_dir, te
     new, ref = stored_tensors(out), stored_tensors(tmp_path / "ref")
     assert new.keys() == ref.keys() and all(torch.equal(new[k], ref[k]) for k in ref)
     assert not any(p.name.startswith("distill-") for p in out.iterdir())
+
+
+@pytest.mark.parametrize("data", ["calibration", "selfgen"])
+def test_a_stale_teacher_cache_is_refused(quantized, tmp_path, monkeypatch, data):
+    """Resuming with other settings must not reuse targets the teacher computed for the old ones."""
+    import llmbin
+    from llmbin.distill.stage import Stage
+
+    source = quantized("gptq")
+    options = dict(SMALL, data=data, seqlen=16, nsamples=4)
+
+    def dies(self, ids, target):
+        raise KeyboardInterrupt  # killed at the first training step, after the teacher pass
+
+    monkeypatch.setattr(Stage, "batch_loss", dies)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False)
+    cache = tmp_path / ".out.distill-partial" / "distill-teacher.safetensors"
+    assert cache.exists()
+    with pytest.raises(llmbin.errors.LlmbinError, match="teacher targets for other settings") as err:
+        llmbin.api.distill(source, out, options=DistillOptions(**{**options, "topk": 32}), verbose=False, resume=True)
+    assert "\n" not in str(err.value)
+    import llmbin.distill.teacher as teacher
+
+    def teacher_pass(*args, **kwargs):
+        raise AssertionError("the teacher ran again although its targets were cached for these settings")
+
+    monkeypatch.setattr(teacher, "build_cache", teacher_pass)
+    with pytest.raises(KeyboardInterrupt):  # the same settings reuse the cache and reach training
+        llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False, resume=True)

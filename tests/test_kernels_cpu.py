@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,72 @@ def test_pool_wakes_after_its_helpers_went_to_sleep(isas):
             time.sleep(0.02)  # helpers stop spinning after ~5 ms and block
             assert torch.equal(cpu.lut_matmul(state, x), one)
             assert ext.gemv_pool_runs() == runs + 1
+
+
+def test_pools_of_several_threads_at_once_stay_exact(isas):
+    """Python threads decoding at once, each with its own thread count (shard counts below and above the pool's
+    size, changing between calls): every one-token product equals the one-thread result bit for bit, and each
+    thread's setting and pool are its own."""
+    import threading
+
+    ext = cpu.load_extension()
+    fmt = make_format(1040, 1024, 64, 1, "plain")
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    xs = [torch.randn(1, 1024, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    expected = [cpu.lut_matmul(state, x) for x in xs]
+    errors, seen = [], {}
+
+    def worker(k):
+        try:
+            runs = ext.gemv_pool_runs()
+            for step in range(40):
+                n = 1 + (k + step) % 3  # 1, 2 or 3 threads: the pool grows while the other threads use theirs
+                with cpu.gemv_threads(n):
+                    if ext.gemv_threads() != n:
+                        errors.append(f"thread {k} sees {ext.gemv_threads()} threads, set {n}")
+                    for x, want in zip(xs, expected):
+                        if not torch.equal(cpu.lut_matmul(state, x), want):
+                            errors.append(f"thread {k} step {step}: {n} threads differ")
+            seen[k] = (ext.gemv_pool_runs() - runs, ext.gemv_pool_helpers(), ext.gemv_threads())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a decoding thread hung"
+    assert not errors, errors[:5]
+    for k, (runs, helpers, setting) in seen.items():
+        assert runs > 0 and helpers == 2 and setting == 1, (k, runs, helpers, setting)  # own pool, restored setting
+    assert ext.gemv_threads() == 1  # the main thread's setting was never touched
+
+
+def test_a_forked_child_decodes_with_a_pool_of_its_own(tmp_path):
+    """After fork() the child has none of the parent's helpers: its split products must still run (no hang)."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys, torch
+from llmbin.kernels import cpu
+from llmbin.nn import QuantLinear
+sys.path.insert(0, sys.argv[1])
+from conftest_kernels import make_format
+fmt = make_format(1040, 1024, 64, 1, "plain")
+state = cpu.prepare_state(QuantLinear.from_format(fmt))
+x = torch.randn(1, 1024)
+with cpu.gemv_threads(2):
+    parent = cpu.lut_matmul(state, x)  # the parent's helpers now exist
+    pid = os.fork()
+    if pid == 0:
+        ok = torch.equal(cpu.lut_matmul(state, x), parent) and cpu.load_extension().gemv_pool_runs() >= 1
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0"

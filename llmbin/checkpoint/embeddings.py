@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import LlmbinError
 from ..formats import format_from_meta
 from ..models.walk import set_submodule
 from ..nn import QuantEmbedding, QuantLinear, TiedQuantHead, lookup_scale
+from .validation import existing_module
 
 
 def packed_embedding_modules(record: dict | None) -> dict[str, dict]:
@@ -26,6 +28,15 @@ def packed_embedding_modules(record: dict | None) -> dict[str, dict]:
     return found
 
 
+def _check_matrix(old: nn.Module, meta: dict, name: str) -> None:
+    weight = getattr(old, "weight", None)
+    want = (meta["out_features"], meta["in_features"])
+    if weight is None or tuple(weight.shape) != want:
+        got = "no weight" if weight is None else f"a [{weight.shape[0]}, {weight.shape[1]}] weight"
+        raise LlmbinError(f"the checkpoint packs {name} as [{want[0]}, {want[1]}], but in this model it has {got}; "
+                          "config.json is corrupted or from another model")
+
+
 def install_packed_embeddings(model: nn.Module, record: dict | None) -> None:
     """Loading: give `model` the packed modules the record describes (empty buffers, filled by the loader)."""
     if not record:
@@ -33,18 +44,25 @@ def install_packed_embeddings(model: nn.Module, record: dict | None) -> None:
     inp, out = record.get("input"), record.get("output")
     if inp:
         format_from_meta(inp["meta"])
-        old = model.get_submodule(inp["module"])
+        old = existing_module(model, inp["module"])
+        _check_matrix(old, inp["meta"], inp["module"])
         old_w = getattr(old, "weight", None)
         packed = QuantEmbedding(inp["meta"], getattr(old, "padding_idx", None),
                                 old_w.dtype if old_w is not None else torch.float32, lookup_scale(old) or 1.0)
         packed._is_hf_initialized = True
         set_submodule(model, inp["module"], packed)
     if out:
+        existing_module(model, out["module"])
         if "tied_to" in out:
-            head = TiedQuantHead(model.get_submodule(out["tied_to"]))
+            tied = existing_module(model, out["tied_to"])
+            if not isinstance(tied, QuantEmbedding):
+                raise LlmbinError(f"the checkpoint ties {out['module']} to {out['tied_to']}, which it does not store "
+                                  "packed; config.json is corrupted")
+            head = TiedQuantHead(tied)
         else:
             format_from_meta(out["meta"])
-            old = model.get_submodule(out["module"])
+            old = existing_module(model, out["module"])
+            _check_matrix(old, out["meta"], out["module"])
             bias = getattr(old, "bias", None)
             head = QuantLinear(out["meta"], bias is not None, bias.dtype if bias is not None else torch.float32)
         head._is_hf_initialized = True

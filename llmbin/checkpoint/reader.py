@@ -12,7 +12,7 @@ import torch
 
 from ..errors import LlmbinError
 from ..models.loading import load_model
-from .validation import read_headers
+from .validation import check_quant_config, check_shard_name, read_headers
 
 
 def _config(path: Path) -> dict:
@@ -43,6 +43,7 @@ def read_quant_config(path: str | Path) -> dict:
     qc = _llmbin_section(_config(path))
     if qc is None:
         raise LlmbinError(f"{path} is not an llmbin checkpoint (no llmbin quantization_config in config.json)")
+    check_quant_config(qc, str(path / "config.json"))
     return qc
 
 
@@ -50,9 +51,12 @@ def shard_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
         try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError):
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             raise LlmbinError(f"{index} is corrupted; re-export the checkpoint") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+            raise LlmbinError(f"{index}: weight_map is not a mapping of tensor names to shards; re-export the checkpoint")
+        names = sorted({check_shard_name(name, index) for name in weight_map.values()})
         missing = [n for n in names if not (path / n).exists()]
         if missing:
             raise LlmbinError(f"{path} is missing shard(s) {', '.join(missing)}; re-copy the checkpoint")

@@ -1,12 +1,18 @@
-"""Strict checks of packed checkpoint files against the declared module formats, before any tensor loads."""
+"""Strict checks of a packed checkpoint: its quantization config, its shard names, every tensor header against the
+declared module formats (before any tensor loads), and every loaded value a kernel would index with (before the
+first product). Each failure is one LlmbinError naming the problem."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
 from safetensors import safe_open
 
 from ..errors import LlmbinError
-from ..formats import format_from_meta
+from ..formats import checked_format, format_from_meta
+from ..nn import PackedMatrix
+from .version import READABLE_VERSIONS
 
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
            "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
@@ -60,3 +66,66 @@ def _loadable_keys(model):
 def _is_tied(model, key: str) -> bool:
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     return key in tied
+
+
+def existing_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule a checkpoint names, or one line saying the model has none of that name."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise LlmbinError(f"the checkpoint names module {name!r}, which this model ({type(model).__name__}) does not "
+                          "have; config.json is corrupted or from another model") from None
+
+
+def check_shard_name(name, index: Path) -> str:
+    """A shard the index names must be a plain file name in the checkpoint's directory: no path, no '..'."""
+    if not isinstance(name, str) or not name.endswith(".safetensors") or Path(name).name != name or "\\" in name:
+        raise LlmbinError(f"{index} names the shard {name!r}, which is not a .safetensors file in the checkpoint's "
+                          "directory; the index is corrupted or was tampered with, re-copy the checkpoint")
+    return name
+
+
+def check_quant_config(qc: dict, where: str = "config.json") -> None:
+    """The llmbin quantization_config: a readable version, and every module's metadata well-formed (so nothing
+    later allocates a tensor of a corrupted size or trips over a missing key)."""
+    version = qc.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise LlmbinError(f"llmbin checkpoint format version {version!r} is not supported by this llmbin (reads "
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade llmbin or re-quantize")
+    modules = qc.get("modules")
+    if not isinstance(modules, dict) or not all(isinstance(k, str) and k for k in modules):
+        raise LlmbinError(f"{where}: quantization_config.modules is not a mapping of module names; the checkpoint "
+                          "is corrupted")
+    for name, meta in modules.items():
+        checked_format(meta, name)
+    record = qc.get("embeddings")
+    if record is None:
+        return
+    if not isinstance(record, dict):
+        raise LlmbinError(f"{where}: quantization_config.embeddings is not a mapping; the checkpoint is corrupted")
+    for role in ("input", "output"):
+        entry = record.get(role)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("module"), str) or \
+                (("meta" in entry) == ("tied_to" in entry)) or ("tied_to" in entry and not isinstance(entry["tied_to"], str)):
+            raise LlmbinError(f"{where}: quantization_config.embeddings.{role} is malformed; the checkpoint is corrupted")
+        if "meta" in entry:
+            if format_from_meta(entry["meta"]).name != "uniform":
+                raise LlmbinError(f"{where}: packed {role} embedding must use the uniform format; the checkpoint is "
+                                  "corrupted")
+            checked_format(entry["meta"], entry["module"])
+
+
+def check_loaded_values(model) -> None:
+    """After the weights load, before any kernel runs: every packed module's index tensors in range and its
+    continuous tensors finite (format check_values), and every other floating tensor finite."""
+    for name, module in model.named_modules():
+        if isinstance(module, PackedMatrix):
+            tensors = {n: b.detach().cpu() for n, b in module.named_buffers(recurse=False)}
+            module.format_cls.check_values(module.meta, tensors, name or "module")
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            if name.rpartition(".")[2] in ("inv_freq", "original_inv_freq"):
+                continue
+            raise LlmbinError(f"{name} holds NaN or infinite values; the checkpoint is corrupted, re-export it")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LlmbinError
 from ..formats import PackedFormat
-from ..host.files import atomic_path, digest
+from ..host.files import digest, load_tensors, save_tensors
 from ..host.memory import peak_rss_mb
 from ..models.patching import checkpointed
 from ..models.walk import decoder_layers, set_submodule
@@ -114,22 +114,44 @@ class Stage:
 
     # -- state -------------------------------------------------------------------------
     def save_state(self, step, opt, best, best_loss, loss_before, history, running) -> None:
+        """Step, trained tensors, Adam's moments and the best state: tensors in safetensors, the rest as JSON."""
         if self.state_path is None:
             return
-        state = {"version": STATE_VERSION, "fingerprint": self.fingerprint, "step": step, "deltas": self.deltas(),
-                 "optimizer": opt.state_dict(), "best": best, "best_loss": best_loss, "loss_before": loss_before,
-                 "history": history, "running": running}
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
+        tensors = {f"delta.{i}": d for i, d in enumerate(self.deltas())}
+        tensors.update({f"best.{i}": d for i, d in enumerate(best or [])})
+        adam = opt.state_dict()
+        moments = {}
+        for index, entry in adam["state"].items():
+            for name, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"adam.{index}.{name}"] = value
+                else:
+                    moments.setdefault(str(index), {})[name] = value
+        info = {"version": STATE_VERSION, "fingerprint": self.fingerprint, "step": step, "has_best": best is not None,
+                "best_loss": best_loss, "loss_before": loss_before, "history": history, "running": running,
+                "param_groups": adam["param_groups"], "adam_scalars": moments}
+        save_tensors(self.state_path, tensors, info)
 
     def load_state(self):
         if self.state_path is None or not self.state_path.exists():
             return None
-        state = torch.load(self.state_path, weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        tensors, info = load_tensors(self.state_path)
+        if info.get("fingerprint") != self.fingerprint or info.get("version") != STATE_VERSION:
             raise LlmbinError(f"cannot resume distillation: {self.state_path} was saved for other options, data or "
                               "checkpoint; delete it to start the stage over")
-        return state
+        count = len(self.params)
+        adam_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".", 2)
+                adam_state.setdefault(int(index), {})[name] = value
+        for index, scalars in info["adam_scalars"].items():
+            adam_state.setdefault(int(index), {}).update(scalars)
+        return {"step": info["step"], "best_loss": info["best_loss"], "loss_before": info["loss_before"],
+                "history": info["history"], "running": info["running"],
+                "deltas": [tensors[f"delta.{i}"] for i in range(count)],
+                "best": [tensors[f"best.{i}"] for i in range(count)] if info["has_best"] else None,
+                "optimizer": {"state": adam_state, "param_groups": info["param_groups"]}}
 
     # -- run ---------------------------------------------------------------------------
     def order(self, epoch: int) -> list[int]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STATE_FILE = "distill-state.pt"  # step, trained tensors, Adam moments, best state (stage.py)
-CACHE_FILE = "distill-teacher.pt"  # windows and the teacher's cached targets (teacher.py)
+STATE_FILE = "distill-state.safetensors"  # step, trained tensors, Adam moments, best state (stage.py)
+CACHE_FILE = "distill-teacher.safetensors"  # windows and the teacher's cached targets (teacher.py)
 
 
 def clear_state(state_dir: Path | None) -> None:

@@ -19,6 +19,9 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import LlmbinError
+
+MAX_DIM = 1 << 24  # no real layer has a side this long; a larger one in metadata is corruption, not a model
 FORMATS: dict[str, type["PackedFormat"]] = {}
 
 
@@ -27,8 +30,9 @@ def register_format(cls):
     return cls
 
 
-class FormatError(ValueError):
-    """A packed tensor set that does not match its declared layout."""
+class FormatError(LlmbinError, ValueError):
+    """A packed tensor set, or its metadata, that does not match its declared layout (one line, like every
+    LlmbinError; also a ValueError, as it always was)."""
 
 
 class PackedFormat(ABC):
@@ -58,6 +62,24 @@ class PackedFormat(ABC):
     def from_tensors(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> "PackedFormat":
         ...
 
+    @classmethod
+    def check_meta(cls, meta: dict, where: str = "module") -> None:
+        """Refuse metadata whose fields are missing, of the wrong type or out of range (before any allocation)."""
+        for key in ("out_features", "in_features"):
+            meta_int(meta, key, where, 1, MAX_DIM)
+        value = meta.get("paper_bits")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 64:
+            raise FormatError(f"{where}: metadata paper_bits={value!r} is not a bit width; the checkpoint is corrupted")
+
+    @classmethod
+    def check_values(cls, meta: dict, tensors: dict[str, torch.Tensor], where: str = "module") -> None:
+        """Refuse stored values that a kernel would read out of bounds or that break the layout's invariants:
+        index ranges, popcounts, zero points; and non-finite continuous tensors. Shapes are check_tensors'."""
+        for name in cls.float_fields:
+            t = tensors.get(name)
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FormatError(f"{where}.{name} holds NaN or infinite values; the checkpoint is corrupted, re-export it")
+
     @abstractmethod
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         """Dense weight [out_features, in_features]."""
@@ -83,7 +105,8 @@ class PackedFormat(ABC):
 
 
 def check_tensors(fmt_cls: type[PackedFormat], meta: dict, tensors: dict[str, torch.Tensor], where: str):
-    """Refuse a tensor set that is missing, has extra, or has wrongly shaped/typed tensors."""
+    """Refuse a tensor set that is missing, has extra, or has wrongly shaped/typed tensors, or values out of
+    range (check_values)."""
     expected = fmt_cls.expected_tensors(meta)
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -97,9 +120,51 @@ def check_tensors(fmt_cls: type[PackedFormat], meta: dict, tensors: dict[str, to
             raise FormatError(
                 f"{where}.{name}: stored {t.dtype} {tuple(t.shape)}, the layout needs {dtype} {tuple(shape)}; "
                 "the checkpoint is corrupted or from another format version")
+    fmt_cls.check_values(meta, tensors, where)
+
+
+def meta_int(meta: dict, key: str, where: str, low: int, high: int) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FormatError(f"{where}: metadata {key}={value!r} is not an integer in [{low}, {high}]; "
+                          "the checkpoint is corrupted")
+    return value
+
+
+def meta_flag(meta: dict, key: str, where: str) -> bool:
+    value = meta.get(key)
+    if not isinstance(value, bool):
+        raise FormatError(f"{where}: metadata {key}={value!r} is not true/false; the checkpoint is corrupted")
+    return value
+
+
+def check_index_range(t: torch.Tensor, low: int, high: int, what: str) -> None:
+    """Every value of an index tensor in [low, high)."""
+    if t.numel() and (int(t.min()) < low or int(t.max()) >= high):
+        raise FormatError(f"{what} holds values outside [{low}, {high}) (min {int(t.min())}, max {int(t.max())}); "
+                          "the checkpoint is corrupted, re-export it")
+
+
+def check_padding_zero(words: torch.Tensor, bits: int, what: str) -> None:
+    """The bits past the last packed column of each row are zero, as pack_codes writes them."""
+    if bits % 32 == 0 or not words.numel():
+        return
+    last = words[..., -1].to(torch.int64) & 0xFFFFFFFF
+    if bool((last >> (bits % 32)).any()):
+        raise FormatError(f"{what} has bits set past its last column; the checkpoint is corrupted, re-export it")
+
+
+def check_row_pointers(rowptr: torch.Tensor, nnz: int, what: str) -> None:
+    """CSR row pointers: start at 0, never decrease, end at nnz."""
+    r = rowptr.to(torch.int64)
+    if int(r[0]) != 0 or int(r[-1]) != nnz or bool((r[1:] < r[:-1]).any()):
+        raise FormatError(f"{what} are not row pointers from 0 to {nnz} (first {int(r[0])}, last {int(r[-1])}); "
+                          "the checkpoint is corrupted, re-export it")
 
 
 def format_from_meta(meta: dict) -> type[PackedFormat]:
+    if not isinstance(meta, dict):
+        raise FormatError(f"a module's format metadata is {type(meta).__name__}, not a mapping; the checkpoint is corrupted")
     name = meta.get("format")
     if name not in FORMATS:
         raise FormatError(f"unknown packed format {name!r}; known: {', '.join(sorted(FORMATS))}")
@@ -109,4 +174,11 @@ def format_from_meta(meta: dict) -> type[PackedFormat]:
         raise FormatError(
             f"format {name} version {meta.get('version')} is not supported by this llmbin "
             f"(reads version {', '.join(map(str, readable))}); upgrade llmbin or re-quantize")
+    return cls
+
+
+def checked_format(meta: dict, where: str = "module") -> type[PackedFormat]:
+    """format_from_meta, then every metadata field checked: what loading calls before it allocates anything."""
+    cls = format_from_meta(meta)
+    cls.check_meta(meta, where)
     return cls

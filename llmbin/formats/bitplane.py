@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import FormatError, PackedFormat, check_tensors, register_format
+from .base import (MAX_DIM, FormatError, PackedFormat, check_index_range, check_padding_zero, check_row_pointers,
+                   check_tensors, meta_flag, meta_int, register_format)
 from .bits import pack_codes, pack_nibbles, unpack_codes, unpack_nibbles
 
 SCALE_DTYPE = torch.float16
@@ -136,6 +137,43 @@ class BitPlaneFormat(PackedFormat):
                                   f"{meta['k_salient']} salient ones; the checkpoint is corrupted, re-export it")
             return mask_order(mask)
         return None
+
+    @classmethod
+    def check_meta(cls, meta: dict, where: str = "module") -> None:
+        super().check_meta(meta, where)
+        n, k = meta["out_features"], meta["in_features"]
+        meta_int(meta, "num_planes", where, 1, 8)
+        meta_int(meta, "group_size", where, 1, MAX_DIM)
+        meta_int(meta, "k_salient", where, 0, k)
+        for flag in ("offsets", "in_scale", "out_scale", "perm"):
+            meta_flag(meta, flag, where)
+        if meta.get("sparse_nnz") is not None:
+            meta_int(meta, "sparse_nnz", where, 0, n * k)
+        if meta["perm"] and meta.get("perm_storage", "index") not in ("index", "salient_mask"):
+            raise FormatError(f"{where}: bitplane perm_storage {meta.get('perm_storage')!r} is unknown to this llmbin; "
+                              "upgrade llmbin")
+
+    @classmethod
+    def check_values(cls, meta: dict, tensors: dict[str, torch.Tensor], where: str = "module") -> None:
+        super().check_values(meta, tensors, where)
+        k = meta["in_features"]
+        if "perm" in tensors:  # stored as indices: exactly a permutation of the K input channels
+            perm = tensors["perm"].long()
+            check_index_range(perm, 0, k, f"{where}.perm")
+            if not torch.equal(torch.sort(perm).values, torch.arange(k)):
+                raise FormatError(f"{where}.perm repeats input channels (it is not a permutation of {k}); "
+                                  "the checkpoint is corrupted, re-export it")
+        if "salient_mask" in tensors:
+            check_padding_zero(tensors["salient_mask"], k, f"{where}.salient_mask")
+            cls.channel_perm(meta, tensors)  # its popcount is the salient count
+        if meta["k_salient"]:
+            zero = tensors["salient_zero"].float()
+            if not bool(((zero == zero.round()) & (zero >= 0) & (zero <= 15)).all()):
+                raise FormatError(f"{where}.salient_zero holds values outside the 4-bit zero points 0..15; "
+                                  "the checkpoint is corrupted, re-export it")
+        if meta.get("sparse_nnz") is not None:
+            check_row_pointers(tensors["sparse_rowptr"], meta["sparse_nnz"], f"{where}.sparse_rowptr")
+            check_index_range(tensors["sparse_colidx"].long(), 0, k, f"{where}.sparse_colidx")
 
     @classmethod
     def expected_tensors(cls, meta: dict) -> dict:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PackedFormat, check_tensors, register_format
+from .base import (FormatError, PackedFormat, check_padding_zero, check_row_pointers, check_tensors, meta_int,
+                   register_format)
 from .bits import pack_codes, unpack_codes
 
 SCALE_DTYPE = torch.float16
@@ -65,6 +66,27 @@ class MaskedBinaryFormat(PackedFormat):
                 "paper_bits": self.paper_bits}
 
     @classmethod
+    def check_meta(cls, meta: dict, where: str = "module") -> None:
+        super().check_meta(meta, where)
+        meta_int(meta, "salient_bits", where, 1, 8)
+        meta_int(meta, "salient_nnz", where, 0, meta["out_features"] * meta["in_features"])
+
+    @classmethod
+    def check_values(cls, meta: dict, tensors: dict[str, torch.Tensor], where: str = "module") -> None:
+        super().check_values(meta, tensors, where)
+        k, nnz = meta["in_features"], meta["salient_nnz"]
+        check_padding_zero(tensors["mask"], k, f"{where}.mask")
+        check_row_pointers(tensors["salient_rowptr"], nnz, f"{where}.salient_rowptr")
+        mask = unpack_codes(tensors["mask"], 1, k).bool()
+        if int(mask.sum()) != nnz or not torch.equal(tensors["salient_rowptr"][1:].long(), torch.cumsum(mask.sum(1), 0)):
+            raise FormatError(f"{where}: the salient mask does not match salient_nnz/salient_rowptr; "
+                              "the checkpoint is corrupted")
+        zero = tensors["salient_zero"]
+        if zero.numel() and int(zero.max()) >= 2 ** meta["salient_bits"]:
+            raise FormatError(f"{where}.salient_zero holds values above the {meta['salient_bits']}-bit range; "
+                              "the checkpoint is corrupted")
+
+    @classmethod
     def expected_tensors(cls, meta: dict) -> dict:
         n, k, bits, nnz = meta["out_features"], meta["in_features"], meta["salient_bits"], meta["salient_nnz"]
         return {"planes": (torch.int32, (1, n, _words(k, 32))), "scales": (SCALE_DTYPE, (1, n, 1)),
@@ -86,12 +108,6 @@ class MaskedBinaryFormat(PackedFormat):
         check_tensors(cls, meta, tensors, where)
         k, nnz = meta["in_features"], meta["salient_nnz"]
         mask = unpack_codes(tensors["mask"], 1, k).bool()
-        if int(mask.sum()) != nnz or not torch.equal(
-                tensors["salient_rowptr"][1:].long(), torch.cumsum(mask.sum(1), 0)):
-            from .base import FormatError
-
-            raise FormatError(f"{where}: the salient mask does not match salient_nnz/salient_rowptr; "
-                              "the checkpoint is corrupted")
         return cls(planes=unpack_codes(tensors["planes"][0], 1, k).bool(), scales=tensors["scales"].reshape(-1),
                    offsets=tensors["offsets"].reshape(-1), mask=mask,
                    salient_codes=unpack_codes(tensors["salient_q"], meta["salient_bits"], nnz),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PackedFormat, check_tensors, register_format
+from .base import MAX_DIM, FormatError, PackedFormat, check_tensors, meta_int, register_format
 from .bits import pack_codes, unpack_codes
 
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -46,6 +46,20 @@ class UniformFormat(PackedFormat):
         return {"format": self.name, "version": self.version, "out_features": self.out_features,
                 "in_features": self.in_features, "bits": self.bits, "group_size": self.group_size,
                 "paper_bits": self.paper_bits}
+
+    @classmethod
+    def check_meta(cls, meta: dict, where: str = "module") -> None:
+        super().check_meta(meta, where)
+        meta_int(meta, "bits", where, 1, 8)
+        meta_int(meta, "group_size", where, 1, MAX_DIM)
+
+    @classmethod
+    def check_values(cls, meta: dict, tensors: dict[str, torch.Tensor], where: str = "module") -> None:
+        super().check_values(meta, tensors, where)
+        zeros = tensors["zeros"]
+        if zeros.numel() and int(zeros.max()) >= 2 ** meta["bits"]:
+            raise FormatError(f"{where}.zeros holds zero points above the {meta['bits']}-bit code range; "
+                              "the checkpoint is corrupted, re-export it")
 
     @classmethod
     def expected_tensors(cls, meta: dict) -> dict:

@@ -121,3 +121,24 @@ def _tensor_name(value) -> str:
         h = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return f"tensor {t.dtype} {list(t.shape)} {h.hexdigest()}"
     return str(value)
+
+
+def save_tensors(path: str | Path, tensors: dict, info: dict) -> None:
+    """Tensors and a JSON-able `info` in one safetensors file, atomically (no pickle: loading runs no code)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"info": json.dumps(info)})
+
+
+def load_tensors(path: str | Path) -> tuple[dict, dict]:
+    """-> (tensors, info) of a save_tensors file; a damaged one raises LlmbinError naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+            return {k: f.get_tensor(k) for k in f.keys()}, info
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds; all mean "damaged"
+        raise LlmbinError(f"{path} is damaged ({str(exc).splitlines()[0][:100]}); delete it and rerun") from None

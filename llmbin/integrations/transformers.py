@@ -8,6 +8,7 @@ wrongly shaped packed tensor stops loading with its name.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
@@ -15,9 +16,11 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..checkpoint.embeddings import install_packed_embeddings, packed_embedding_modules
-from ..checkpoint.validation import validate_checkpoint_files
-from ..checkpoint.version import FORMAT_VERSION, READABLE_VERSIONS
-from ..formats import format_from_meta
+from ..checkpoint.validation import (check_loaded_values, check_quant_config, check_shard_name, existing_module,
+                                   validate_checkpoint_files)
+from ..checkpoint.version import FORMAT_VERSION
+from ..errors import LlmbinError, warn_once
+from ..formats import checked_format
 from ..models.walk import decoder_layers, make_linears_explicit, set_submodule
 from ..nn import QuantLinear, untie_packed
 
@@ -43,21 +46,23 @@ class LlmbinHfQuantizer(HfQuantizer):
     requires_calibration = True  # llmbin checkpoints are made by `llmbin quantize`, not on the fly
 
     def validate_environment(self, *args, **kwargs):
-        version = self.quantization_config.format_version
-        if version not in READABLE_VERSIONS:
-            readable = ", ".join(map(str, READABLE_VERSIONS))
-            raise ValueError(f"llmbin checkpoint format version {version} is not supported by this llmbin "
-                             f"(reads versions {readable}); upgrade llmbin or re-quantize")
+        check_quant_config(self.quantization_config.to_dict())  # version, every module's metadata
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         record = getattr(self.quantization_config, "embeddings", None)
         convert_to_quant_linears(model, self.quantization_config.modules)
         install_packed_embeddings(model, record)
         if checkpoint_files:
+            for file in checkpoint_files:
+                check_shard_name(Path(file).name, Path(file).parent / "model.safetensors.index.json")
             validate_checkpoint_files(model, checkpoint_files,
                                       {**self.quantization_config.modules, **packed_embedding_modules(record)})
+        else:
+            warn_once("transformers named no checkpoint files, so their tensor headers are not checked before "
+                      "loading (values still are, after it); load with llmbin.load(path) for the full check")
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        check_loaded_values(model)  # every index a kernel reads, before the first product
         record = getattr(self.quantization_config, "embeddings", None)
         if record and record.get("tied") and record.get("input"):
             # the packed matrix is shared by reference: a later tie_weights() (lm-eval calls one) must not look
@@ -79,8 +84,15 @@ def convert_to_quant_linears(model, modules: dict) -> None:
     for layer in layers:
         make_linears_explicit(layer)
     for name, meta in modules.items():
-        format_from_meta(meta)  # unknown format or version: a clear error before anything loads
-        old = model.get_submodule(name)
+        checked_format(meta, name)  # unknown format, version or malformed metadata: a clear error before allocating
+        old = existing_module(model, name)
+        if not isinstance(old, torch.nn.Linear) or (old.out_features, old.in_features) != (meta["out_features"],
+                                                                                            meta["in_features"]):
+            shape = (f"[{old.out_features}, {old.in_features}]" if isinstance(old, torch.nn.Linear)
+                     else f"a {type(old).__name__}")
+            raise LlmbinError(f"checkpoint declares {name} as a packed [{meta['out_features']}, {meta['in_features']}] "
+                              f"linear, but in this model ({type(model).__name__}) it is {shape}; config.json is "
+                              "corrupted or from another model")
         bias = getattr(old, "bias", None)
         dtype = bias.dtype if bias is not None else torch.float32
         set_submodule(model, name, QuantLinear(meta, bias is not None, dtype, device=bias.device if bias is not None else None))

@@ -33,8 +33,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
-  m.def("set_gemv_threads", [](int n) { SpinPool::get().resize(n); },
-        "threads for one-token matmuls (1: the caller only; more: spinning helpers)");
-  m.def("gemv_threads", [] { return SpinPool::get().size(); });
-  m.def("gemv_pool_runs", [] { return SpinPool::get().runs(); });
+  m.def("set_gemv_threads", [](int n) { requested_threads() = std::max(1, std::min(n, SpinPool::kMaxHelpers + 1)); },
+        "threads for the calling thread's one-token matmuls (1: the caller only; more: its own spinning helpers)");
+  m.def("gemv_threads", [] { return requested_threads(); }, "the calling thread's setting");
+  m.def("gemv_pool_helpers", [] { return SpinPool::mine().helpers(); }, "helper threads of the calling thread's pool");
+  m.def("gemv_pool_runs", [] { return SpinPool::mine().runs(); }, "products the calling thread's pool split");
 }

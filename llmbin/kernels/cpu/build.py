@@ -74,3 +74,7 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llmbin_cpu::decode_attention")
     def _(q, k, v, mask, scale):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("llmbin_cpu::decode_attention_isa")
+    def _(q, k, v, mask, scale, isa):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -64,7 +64,8 @@ inline __attribute__((always_inline)) void mix_impl(const float* p, const float*
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
-// e^x for x <= 0 (-inf -> 0): 2^(x log2 e) as 2^n * 2^f, |f| <= 1/2, 2^f by a degree-6 polynomial (rel. error ~1e-7)
+// e^x for x <= 0 (-inf -> 0, NaN -> NaN as std::exp): 2^(x log2 e) as 2^n * 2^f, |f| <= 1/2, 2^f by a degree-6
+// polynomial (rel. error ~1e-7)
 __attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
   const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(1.44269504088896341f));
@@ -77,7 +78,8 @@ __attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);  // a broken model's NaN stays NaN on every path
+  return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n)), nan, x);
 }
 
 template <typename MaskT>
@@ -118,8 +120,9 @@ void attend(bool avx512, const float* q, const float* k, const float* v, const M
   attend_plain(q, k, v, mask, G, cache_len, D, scale, out, s);
 }
 
-at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                            const std::optional<at::Tensor>& mask_in, double scale) {
+// isa: 0 the best this CPU has, 1 portable, 3 AVX-512 (what LLMBIN_CPU_ISA's scalar/avx512 name elsewhere)
+at::Tensor decode_attention_isa(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                const std::optional<at::Tensor>& mask_in, double scale, int64_t isa) {
   TORCH_CHECK(q_in.device().is_cpu() && q_in.scalar_type() == at::kFloat && k_in.scalar_type() == at::kFloat &&
                   v_in.scalar_type() == at::kFloat, "decode_attention takes float32 CPU tensors");
   TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.sizes() == k_in.sizes() && q_in.size(0) == k_in.size(0) &&
@@ -138,10 +141,12 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   thread_local std::vector<float> scores;  // one query row's scores at a time
   if (static_cast<int64_t>(scores.size()) < cache_len) scores.resize(cache_len);
 #if defined(__x86_64__) || defined(_M_X64)
-  const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool has_avx512 = __builtin_cpu_supports("avx512f");
 #else
-  const bool avx512 = false;
+  const bool has_avx512 = false;
 #endif
+  TORCH_CHECK(isa == 0 || isa == 1 || (isa == 3 && has_avx512), "decode_attention: ISA ", isa, " is not available");
+  const bool avx512 = isa == 3 || (isa == 0 && has_avx512);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
       const float* qp = q.data_ptr<float>() + (b * H + h) * G * D;
@@ -159,9 +164,18 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   return out;
 }
 
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale) {
+  return decode_attention_isa(q, k, v, mask, scale, 0);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(llmbin_cpu, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+  m.def("decode_attention_isa(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, int isa) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(llmbin_cpu, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(llmbin_cpu, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+  m.impl("decode_attention_isa", &decode_attention_isa);
+}

@@ -74,13 +74,26 @@ struct Plan {
       per_block += ng * wpg * w.size(2);
     }
     TORCH_CHECK(word0 == words_per_token, "segments do not cover the gather index");
-    std::lock_guard<std::mutex> lock(registry_mutex);
-    registry[key] = this;
-    if (sp_values.numel() > 0)
-      TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt &&
-                  sp_values.scalar_type() == at::kHalf &&
+    // Defence in depth (loading validates these first): every index the kernels read through must be in range.
+    const int32_t* g = gidx.data_ptr<int32_t>();
+    for (int64_t i = 0; i < gidx.numel(); ++i)
+      TORCH_CHECK(g[i] >= -1 && g[i] < K, "gather index ", g[i], " at ", i, " is outside [-1, ", K, ")");
+    if (sp_values.numel() > 0) {
+      TORCH_CHECK(sp_rowptr.numel() == N + 1 && sp_rowptr.scalar_type() == at::kInt && sp_rowptr.is_contiguous() &&
+                  sp_values.scalar_type() == at::kHalf && sp_values.is_contiguous() && sp_colidx.is_contiguous() &&
                   (sp_colidx.scalar_type() == at::kShort || sp_colidx.scalar_type() == at::kInt) &&
-                  sp_colidx.numel() == sp_values.numel());
+                  sp_colidx.numel() == sp_values.numel(), "bad sparse correction tensors");
+      const int32_t* rp = sp_rowptr.data_ptr<int32_t>();
+      TORCH_CHECK(rp[0] == 0 && rp[N] == sp_values.numel(), "sparse row pointers must run from 0 to nnz");
+      for (int64_t n = 0; n < N; ++n) TORCH_CHECK(rp[n] <= rp[n + 1], "sparse row pointers decrease at row ", n);
+      for (int64_t e = 0; e < sp_colidx.numel(); ++e) {
+        const int64_t c = sp_colidx.scalar_type() == at::kShort ? sp_colidx.data_ptr<int16_t>()[e]
+                                                                 : sp_colidx.data_ptr<int32_t>()[e];
+        TORCH_CHECK(c >= 0 && c < K, "sparse column index ", c, " is outside [0, ", K, ")");
+      }
+    }
+    std::lock_guard<std::mutex> lock(registry_mutex);  // registered last: a refused plan is never reachable
+    registry[key] = this;
   }
 
   // poison: fill the output and workspace with NaN first (tests: every value used must be written)
@@ -147,9 +160,9 @@ struct Plan {
       auto split = [&](int i, int shards) { return std::min(NB, pass_count * i / shards * kBlocksPerPass); };
       // One token on the spinning pool: every thread builds its own copy of the tables (~0.3 us), which is
       // faster than reading the caller's from another core's cache.
-      SpinPool& pool = SpinPool::get();
-      const int shards = static_cast<int>(std::min<int64_t>({pool.size(), pass_count, per_block * NB * mc / kMinShardWords}));
-      const bool pooled = mc == 1 && shards > 1 && pool.run(shards, [&](int i) {
+      const int shards = static_cast<int>(
+          std::min<int64_t>({requested_threads(), pass_count, per_block * NB * mc / kMinShardWords}));
+      const bool pooled = mc == 1 && shards > 1 && SpinPool::mine().run(shards, [&](int i) {
         thread_local std::vector<float> own;
         float* base = wp;
         if (i > 0) {
