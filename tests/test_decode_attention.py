@@ -84,6 +84,7 @@ def test_decode_step_logits_match_hf_eager_attention():
     """A cached one-token step of a GQA model through llmbin_sdpa against transformers' own eager attention."""
     from transformers import StaticCache
 
+    from llmbin.models.cache_api import cache_kwargs
     from llmbin.runtime.grouped_attention import NAME, use_grouped_decode_attention
 
     model = tiny_llama(seed=3).eval()  # 4 query heads on 2 KV heads
@@ -97,8 +98,8 @@ def test_decode_step_logits_match_hf_eager_attention():
             assert use_grouped_decode_attention(model) and model.config._attn_implementation == NAME
         cache = StaticCache(config=model.config, max_cache_len=32)
         with torch.inference_mode():
-            model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
-            out = model(input_ids=ids[:, -1:], position_ids=torch.tensor([[6]]), past_key_values=cache, use_cache=True)
+            model(input_ids=ids[:, :-1], use_cache=True, **cache_kwargs(cache))
+            out = model(input_ids=ids[:, -1:], position_ids=torch.tensor([[6]]), use_cache=True, **cache_kwargs(cache))
         logits[impl] = out.logits[0, -1]
     assert (logits["llmbin"] - logits["eager"]).abs().max() < 1e-4
     assert use_grouped_decode_attention(model) is False  # already switched: nothing to do

@@ -106,11 +106,16 @@ def test_build_failure_warns_once_and_falls_back_to_torch(monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch backend"):
         reason = cpu.CpuBackend().supports(meta, torch.device("cpu"), torch.float32)
     assert "no usable compiler" in reason
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the warning is one-time
-        explain = []
+    from llmbin.errors import LlmbinFallbackWarning
+
+    explain = []
+    with pytest.warns(LlmbinFallbackWarning, match="torch reference backend.*no usable compiler"):
         assert select_backend(meta, torch.device("cpu"), torch.float32, explain).name == "torch"
     assert any(line.startswith("cpu: ") and "no usable compiler" in line for line in explain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both warnings are one-time
+        cpu.CpuBackend().supports(meta, torch.device("cpu"), torch.float32)
+        assert select_backend(meta, torch.device("cpu"), torch.float32).name == "torch"
 
 
 def test_import_does_not_build():
@@ -285,3 +290,24 @@ print(os.waitstatus_to_exitcode(status))
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_a_killed_build_does_not_hang_the_next_one(tmp_path):
+    """A build killed mid-way leaves torch's `lock` file; the next process must clear it, not wait forever."""
+    import shutil
+    import subprocess
+    import sys
+
+    from llmbin.kernels.cpu import build
+
+    assert cpu.load_extension() is not None, cpu.build_error()
+    built = build.cache_dir()
+    copy = tmp_path / "cache" / "torch_extensions" / built.name
+    shutil.copytree(built, copy, ignore=shutil.ignore_patterns("lock", "llmbin-build.lock"))
+    (copy / "lock").write_text("")  # what a SIGKILLed build leaves
+    env = {**__import__("os").environ, "LLMBIN_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", "from llmbin.kernels.cpu import load_extension as l; "
+                           "print(l() is not None)"], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+    assert "left by a build that was killed" in proc.stderr
+    assert not (copy / "lock").exists()

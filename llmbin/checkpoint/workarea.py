@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from ..errors import LlmbinError
 from ..formats import format_from_meta
-from ..host.files import atomic_path, atomic_write_text, publish_directory, remove_stale_temp_files, sha256_file
+from ..host.files import (atomic_path, atomic_write_text, disk_full_as_error, publish_directory, remove_stale_temp_files,
+                          sha256_file)
 from ..methods.base import QuantResult
 from .storage_dtype import storage_tensor
 
@@ -119,6 +120,10 @@ class WorkArea:
         `card` is the README text, or a function of the work area's path (it may read the finished shards);
         tensors of the `packed` modules (packed embeddings, head) keep their format's dtypes.
         """
+        with disk_full_as_error(self.path):
+            return self._finalize(model, layers_prefix, quant_config, tokenizer, log_jsonl, card, overwrite, packed)
+
+    def _finalize(self, model, layers_prefix, quant_config, tokenizer, log_jsonl, card, overwrite, packed) -> Path:
         base, seen = {}, set()
         for key, value in model.state_dict().items():
             if key.startswith(layers_prefix + ".") or value.device.type == "meta":
@@ -130,7 +135,8 @@ class WorkArea:
             value = value.detach().cpu()
             keep = key.rpartition(".")[0] in packed and not key.endswith(".bias")
             base[key] = (value if keep else storage_tensor(value, self.storage_dtype)).contiguous()
-        save_file(base, str(self.path / "base.safetensors"), metadata={"format": "pt"})
+        with atomic_path(self.path / "base.safetensors") as tmp:
+            save_file(base, str(tmp), metadata={"format": "pt"})
         weight_map = {k: "base.safetensors" for k in base}
         total = sum(t.numel() * t.element_size() for t in base.values())
         for entry in sorted(self.manifest["layers"].values(), key=lambda e: e["file"]):

@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..errors import LlmbinError
+from ..host.files import disk_full
 
 
 def friendly_errors(fn):
@@ -22,6 +23,12 @@ def friendly_errors(fn):
             click.echo(f"error: out of memory ({str(exc).splitlines()[0][:100]}); lower --nsamples or "
                        "--set pipeline.batch_size=1, or --set pipeline.activation_cache=disk", err=True)
             sys.exit(3)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            click.echo(f"error: no space left on the device{f' writing {exc.filename}' if exc.filename else ''}; "
+                       "free some space (or write elsewhere) and rerun", err=True)
+            sys.exit(2)
     return wrapper
 
 

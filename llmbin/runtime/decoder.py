@@ -19,10 +19,11 @@ from typing import Iterator
 
 import torch
 
-from ..errors import LlmbinError
+from ..errors import LlmbinError, warn_once
 from ..host.threads import cpu_threads
 from ..kernels.cpu import gemv_threads
 from ..kernels.ops import decode_attention_op
+from ..models.cache_api import cache_kwargs
 from ..nn import PackedMatrix
 from .greedy_head import ScreenedHead
 from .grouped_attention import use_grouped_decode_attention
@@ -79,9 +80,15 @@ def screened_greedy_head(model):
             logits = model(input_ids=probe, use_cache=False, logits_to_keep=1).logits[:, -1]
             hidden = decoder(input_ids=probe, use_cache=False).last_hidden_state[:, -1]
             same = torch.equal(torch.nn.functional.linear(hidden, head.weight), logits)
-    except Exception:  # noqa: BLE001 - an architecture without a separable decoder: use the full head
+    except (AttributeError, NotImplementedError, TypeError, ValueError) as exc:  # no separable decoder
+        warn_once(f"greedy decoding reads the whole float32 head every token: {type(model).__name__} has no decoder "
+                  f"whose output the head multiplies ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})")
         return None
-    return ScreenedHead(head.weight) if same else None
+    if not same:
+        warn_once(f"greedy decoding reads the whole float32 head every token: {type(model).__name__}'s logits are "
+                  "not a plain product of its decoder's output (softcapping or scaling in between)")
+        return None
+    return ScreenedHead(head.weight)
 
 
 def decode_threads_for(packed: bool, device: torch.device, threads: int | None) -> tuple[int | None, int | None]:
@@ -146,12 +153,14 @@ class Decoder:
         return "compiled" if self.compile else "eager"
 
     def _logits_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=token, position_ids=position, cache=self.cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=token, position_ids=position, use_cache=True, logits_to_keep=1,
+                         **cache_kwargs(self.cache))
         return out.logits[:, -1]
 
     def _hidden_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """The final hidden state (what the head multiplies), for ScreenedHead."""
-        out = self.model.get_decoder()(input_ids=token, position_ids=position, cache=self.cache, use_cache=True)
+        out = self.model.get_decoder()(input_ids=token, position_ids=position, use_cache=True,
+                                       **cache_kwargs(self.cache))
         return out.last_hidden_state[:, -1]
 
     def _step(self, kind: str, token, position):
@@ -191,7 +200,7 @@ class Decoder:
         kind = "hidden" if head is not None else "logits"
         stats.prompt_tokens, stats.mode, stats.head = length, self.mode, "screened" if head is not None else "float"
         t = time.perf_counter()
-        logits = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_kwargs(self.cache)).logits[:, -1]
         token = sampler(logits)
         _sync(self.device)
         stats.prefill_s = time.perf_counter() - t

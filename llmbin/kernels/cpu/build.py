@@ -6,11 +6,13 @@ never rebuild each other's. When it cannot be built, `load_extension()` returns 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,12 +46,13 @@ def load_extension():
 
                 build = cache_dir()
                 build.mkdir(parents=True, exist_ok=True)
-                if not any(build.glob("*.so")):
-                    print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
-                          file=sys.stderr, flush=True)
-                ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES],
-                           extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                           build_directory=str(build), verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
+                with _build_guard(build):
+                    if not any(build.glob("*.so")):
+                        print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
+                              file=sys.stderr, flush=True)
+                    ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES],
+                               extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                               build_directory=str(build), verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
                 _register_fakes()
                 _ext = ext
             except Exception as exc:  # noqa: BLE001 - any build failure means: fall back, loudly
@@ -62,6 +65,25 @@ def load_extension():
 
 def build_error() -> str | None:
     return _error
+
+
+@contextmanager
+def _build_guard(build: Path):
+    """One llmbin process at a time builds or loads into `build`, under a kernel lock that dies with its holder.
+
+    torch's own lock is a file that a killed build leaves behind, and every later process then waits on it forever.
+    Holding this lock, nobody else is building: a torch lock file still there is such a leftover, and goes."""
+    with open(build / "llmbin-build.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        stale = build / "lock"
+        if stale.exists():
+            print(f"llmbin: removing {stale}, left by a build that was killed; building again", file=sys.stderr,
+                  flush=True)
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
 
 
 def _register_fakes() -> None:
