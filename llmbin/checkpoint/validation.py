@@ -53,14 +53,26 @@ def validate_checkpoint_files(model, files, modules: dict) -> None:
         for key in found:
             if key.startswith(module + ".") and key[len(module) + 1:] not in allowed:
                 raise LlmbinError(f"unexpected tensor {key} in the checkpoint for packed module {module}")
-    missing = sorted(k for k in _loadable_keys(model) if k not in found and not _is_tied(model, k))
+    state = model.state_dict()
+    missing = sorted(k for k in state if k not in found and not _is_tied(model, k))
     if missing:
         raise LlmbinError(f"checkpoint is missing tensor(s) {', '.join(missing[:3])}"
                           f"{' ...' if len(missing) > 3 else ''}; the files are incomplete, re-export them")
+    for key, tensor in state.items():  # the unquantized tensors: the model's shapes, a floating dtype where it has one
+        if key not in found:
+            continue
+        got_dtype, got_shape, file = found[key]
+        if got_shape != tuple(tensor.shape) or (tensor.is_floating_point() and got_dtype not in _FLOATS):
+            raise LlmbinError(f"tensor {key} in {Path(file).name} is {got_dtype} {got_shape}, the model needs "
+                              f"{str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)}; the checkpoint is "
+                              "corrupted or from another model")
+    unknown = sorted(set(found) - set(state))
+    if unknown:
+        raise LlmbinError(f"checkpoint holds tensor(s) this model has no place for ({', '.join(unknown[:3])}"
+                          f"{' ...' if len(unknown) > 3 else ''}); it is corrupted or from another model")
 
 
-def _loadable_keys(model):
-    return [k for k in model.state_dict().keys()]
+_FLOATS = ("float32", "float16", "bfloat16", "float64")
 
 
 def _is_tied(model, key: str) -> bool:

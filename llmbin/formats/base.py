@@ -166,7 +166,7 @@ def format_from_meta(meta: dict) -> type[PackedFormat]:
     if not isinstance(meta, dict):
         raise FormatError(f"a module's format metadata is {type(meta).__name__}, not a mapping; the checkpoint is corrupted")
     name = meta.get("format")
-    if name not in FORMATS:
+    if not isinstance(name, str) or name not in FORMATS:
         raise FormatError(f"unknown packed format {name!r}; known: {', '.join(sorted(FORMATS))}")
     cls = FORMATS[name]
     readable = cls.readable_versions or (cls.version,)

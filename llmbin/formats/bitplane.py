@@ -147,7 +147,10 @@ class BitPlaneFormat(PackedFormat):
         meta_int(meta, "k_salient", where, 0, k)
         for flag in ("offsets", "in_scale", "out_scale", "perm"):
             meta_flag(meta, flag, where)
-        if meta.get("sparse_nnz") is not None:
+        if "sparse_nnz" not in meta:
+            raise FormatError(f"{where}: metadata sparse_nnz is missing (null when there is no sparse correction); "
+                              "the checkpoint is corrupted")
+        if meta["sparse_nnz"] is not None:
             meta_int(meta, "sparse_nnz", where, 0, n * k)
         if meta["perm"] and meta.get("perm_storage", "index") not in ("index", "salient_mask"):
             raise FormatError(f"{where}: bitplane perm_storage {meta.get('perm_storage')!r} is unknown to this llmbin; "
