@@ -50,7 +50,7 @@ test: $(STAMP) $(FLOOR_STAMP)
 	$(FLOOR)/bin/python -m pytest -q tests/smoke   # on the floor versions
 
 bench: $(STAMP)
-	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/kernel_table.py
 
 clean:
 	rm -rf out data build *.egg-info $(FLOOR)

@@ -86,3 +86,39 @@ def save_packed(model, results: dict, path, **config) -> None:
     model.config.quantization_config = {"quant_method": "llmbin", "format_version": config.pop("format_version", 1),
                                         "modules": {n: r.format.meta() for n, r in results.items()}, **config}
     model.save_pretrained(path)
+
+
+def rtn_matrix(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """[out, in] rounded to nearest, asymmetric min-max per group of `group` input columns (zero in range): a plain
+    baseline written here, independent of llmbin's quantizers."""
+    levels = 2 ** bits - 1
+    k = w.shape[-1]
+    pad = (-k) % group
+    g = torch.nn.functional.pad(w.float(), (0, pad)).reshape(w.shape[0], -1, group)
+    valid = torch.arange(g.shape[1] * group).reshape(g.shape[1], group) < k
+    lo = torch.where(valid, g, torch.inf).amin(-1, keepdim=True).clamp(max=0)
+    hi = torch.where(valid, g, -torch.inf).amax(-1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / levels).clamp(min=1e-8)
+    zero = torch.round(-lo / scale)
+    q = (torch.clamp(torch.round(g / scale) + zero, 0, levels) - zero) * scale
+    return q.reshape(w.shape[0], -1)[:, :k].to(w.dtype)
+
+
+def rtn_reference(model, bits: int, group: int):
+    """A copy of `model` with every decoder weight matrix through rtn_matrix. Linear weights are [out, in], GPT-2's
+    Conv1D [in, out], fused MoE experts [experts, out, in]."""
+    import copy
+
+    from llmbin.models.walk import decoder_layers
+
+    reference = copy.deepcopy(model)
+    _, layers = decoder_layers(reference)
+    with torch.no_grad():
+        for name, param in layers.named_parameters():
+            if param.dim() < 2 or "norm" in name or "router" in name or name.endswith("gate.weight"):
+                continue
+            conv = type(layers.get_submodule(name.rpartition(".")[0])).__name__ == "Conv1D"
+            w = param.data.transpose(-1, -2) if conv else param.data
+            rows = w.reshape(-1, w.shape[-1])
+            w.copy_(rtn_matrix(rows, bits, group).reshape(w.shape))
+    return reference

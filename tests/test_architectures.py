@@ -5,7 +5,7 @@ import transformers as tf
 
 import llmbin  # noqa: F401  (registers the quantizer)
 from llmbin.checkpoint.writer import pack_model
-from conftest import save_packed
+from conftest import rtn_reference, save_packed
 from llmbin.methods import get_method
 from llmbin.models.walk import decoder_layers, find_linears
 from llmbin.calibrate.pipeline import quantize_model
@@ -42,6 +42,7 @@ def test_quantize_every_architecture(arch, tmp_path):
     ids = torch.randint(0, 256, (4, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(ids).logits
+        plain = (rtn_reference(model, 4, 32)(ids).logits - before).abs().mean()  # round-to-nearest, same grid
     _, layers = decoder_layers(model)
     assert len(layers) == 2
     log = QuantLog(verbose=False)
@@ -52,7 +53,8 @@ def test_quantize_every_architecture(arch, tmp_path):
     with torch.no_grad():
         after = model(ids).logits
     assert torch.isfinite(after).all()
-    assert 0 < (after - before).abs().mean() < before.abs().mean()  # changed, but not destroyed
+    # quantized, and better than plain rounding on the same 4-bit g32 grid (GPTQ: 0.47-0.66x of it on these models)
+    assert 0 < (after - before).abs().mean() < 0.85 * plain
     modules = {n: r.format.meta() for n, r in results.items()}
     pack_model(model, results)
     model.config.quantization_config = {"quant_method": "llmbin", "format_version": 1, "modules": modules}

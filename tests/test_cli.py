@@ -108,5 +108,7 @@ def test_method_without_recipe_uses_the_shipped_recipe_of_its_name(tiny_llama_di
     got = seen["ptq161"].params
     assert got.epochs == shipped["epochs"] != Recipe.create("ptq161").params.epochs
     assert got.preprocess.enabled == shipped["preprocess"]["enabled"]
-    assert got.preprocess.pass1_epochs == shipped["preprocess"].get("pass1_epochs", 0)
+    from llmbin.methods.ptq161_preprocess import LoRAPreprocess
+
+    assert got.preprocess.pass1_epochs == shipped["preprocess"].get("pass1_epochs", LoRAPreprocess().pass1_epochs)
     assert seen["gptq"].params == Recipe.create("gptq").params

@@ -200,3 +200,11 @@ def test_streamed_model_rounds_the_head_and_says_so(sources, text_file, tmp_path
     loaded, _ = llmbin.load(tmp_path / "q")
     assert isinstance(loaded.lm_head, torch.nn.Module) and loaded.lm_head.meta["bits"] == 4
     assert torch.isfinite(logits(loaded)).all()
+    # the stored head is plain rounding of the source's head (rtn_matrix, written in the tests): the same codes but
+    # where a float16 scale moves a weight across a rounding boundary
+    from conftest import rtn_matrix
+
+    original = AutoModelForCausalLM.from_pretrained(sources["untied"]).lm_head.weight.detach()
+    stored = loaded.lm_head.packed_format().dequantize()
+    plain = rtn_matrix(original, 4, loaded.lm_head.meta["group_size"])
+    assert (stored - plain).abs().mean() <= 0.05 * (plain - original).abs().mean()

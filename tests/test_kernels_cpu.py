@@ -311,3 +311,40 @@ def test_a_killed_build_does_not_hang_the_next_one(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
     assert "left by a build that was killed" in proc.stderr
     assert not (copy / "lock").exists()
+
+
+def test_the_native_plan_refuses_indices_out_of_range():
+    """Defence in depth: even if a caller skips loading's validation, the C++ plan checks every index it will read
+    through (gather index, sparse columns and row pointers) and raises instead of reading out of bounds."""
+    from llmbin.kernels.cpu.layout import layer_layout
+
+    ext = cpu.load_extension()
+    fmt = make_format(40, 96, 32, 1, "pbllm")
+    module = QuantLinear.from_format(fmt)
+    buffers = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
+    lay = layer_layout(module.meta, buffers)
+    nb = -(-lay.out_features // cpu.ROWS)
+    segs = lay.segments
+    from llmbin.kernels.cpu.backend import _interleave
+
+    def plan(src, sparse):
+        offsets = [torch.empty(0) if s.offsets is None else _interleave(s.offsets[None], nb)[:, :, 0] for s in segs]
+        return ext.Plan(src.int(), lay.gscale, [_interleave(s.words, nb) for s in segs],
+                        [_interleave(s.scales, nb) for s in segs], offsets, [v for s in segs for v in (s.ng, s.wpg)],
+                        *sparse, lay.out_features, lay.in_features)
+
+    assert lay.sparse is not None
+    plan(lay.src, lay.sparse)  # the valid one builds
+    bad_src = lay.src.clone()
+    bad_src[3] = 10**6
+    with pytest.raises(RuntimeError, match="gather index"):
+        plan(bad_src, lay.sparse)
+    values, cols, rowptr = lay.sparse
+    bad_cols = cols.clone()
+    bad_cols[0] = -5
+    with pytest.raises(RuntimeError, match="sparse column index"):
+        plan(lay.src, (values, bad_cols, rowptr))
+    bad_rowptr = rowptr.clone()
+    bad_rowptr[-1] += 1
+    with pytest.raises(RuntimeError, match="row pointers"):
+        plan(lay.src, (values, cols, bad_rowptr))

@@ -107,3 +107,16 @@ def test_files_stay_small():
 def test_the_package_root_holds_only_its_face():
     files = sorted(p.name for p in PACKAGE.iterdir() if p.is_file())
     assert files == ["__init__.py", "api.py", "errors.py"]
+
+
+def test_no_benchmark_script_shadows_an_installed_module():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a script named like a module that transformers
+    or torch imports (benchmarks/kernels.py once hid the `kernels` package) breaks the run."""
+    import importlib.util
+
+    clashes = []
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        spec = importlib.util.find_spec(script.stem)
+        if spec is not None and spec.origin and Path(spec.origin).resolve() != script.resolve():
+            clashes.append(f"{script.name} shadows {spec.origin}")
+    assert not clashes, clashes

@@ -6,6 +6,7 @@ Loading goes through transformers' from_pretrained with llmbin's quantizer, whic
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ def _config(path: Path) -> dict:
         config = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise LlmbinError(f"{cfg_file} is not valid JSON ({exc.msg} at line {exc.lineno}); the checkpoint is corrupted") from None
+    except UnicodeDecodeError:
+        raise LlmbinError(f"{cfg_file} is not UTF-8 text; the checkpoint is corrupted") from None
     if not isinstance(config, dict):
         raise LlmbinError(f"{cfg_file} is not a JSON object; the checkpoint is corrupted")
     return config
@@ -68,16 +71,35 @@ def shard_files(path: Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
-    """-> (model, tokenizer). Validates every shard before transformers loads anything."""
+    """-> (model, tokenizer). Validates every shard before transformers loads anything, and every value a kernel
+    will index with before the first product (integrations/transformers.py)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     read_quant_config(path)
     read_headers(shard_files(path))  # truncated/corrupted shards -> one clear line
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True)
+    with _as_checkpoint_error(path, "config.json or the weights"):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True)
     model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").exists() else None
+    tokenizer = None
+    if (path / "tokenizer_config.json").exists():
+        with _as_checkpoint_error(path, "the tokenizer files"):
+            tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer
+
+
+@contextmanager
+def _as_checkpoint_error(path: Path, what: str):
+    """transformers' own failures on a damaged checkpoint (whatever their type) as one line naming the checkpoint."""
+    try:
+        yield
+    except LlmbinError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError, UnicodeDecodeError,
+            OverflowError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise LlmbinError(f"{path}: transformers cannot load {what} ({type(exc).__name__}: {first}); the checkpoint "
+                          "is corrupted or from another transformers version, re-copy or re-export it") from None
 
 
 def load_any(ref: str, device: str = "cpu"):

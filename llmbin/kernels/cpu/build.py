@@ -31,7 +31,19 @@ def cache_dir() -> Path:
     text = b"".join(p.read_bytes() for p in sorted(HERE.glob("*.cpp")) + sorted(HERE.glob("*.h")))
     source = hashlib.sha1(text).hexdigest()[:10]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{source}"
-    return cache_root() / "torch_extensions" / f"cpu_lut-{tag}"
+    sanitize = os.environ.get("LLMBIN_CPU_SANITIZE")
+    return cache_root() / "torch_extensions" / (f"cpu_lut-{tag}" + (f"-{sanitize.replace(',', '-')}" if sanitize else ""))
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags; LLMBIN_CPU_SANITIZE=address,undefined builds a sanitized copy (benchmarks/sanitizers:
+    run it with the sanitizer runtime preloaded)."""
+    cflags, ldflags = ["-O3", "-fopenmp"], ["-fopenmp"]
+    sanitize = os.environ.get("LLMBIN_CPU_SANITIZE")
+    if sanitize:
+        cflags = ["-O1", "-g", "-fopenmp", f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        ldflags = ["-fopenmp", f"-fsanitize={sanitize}"]
+    return cflags, ldflags
 
 
 def load_extension():
@@ -50,9 +62,10 @@ def load_extension():
                     if not any(build.glob("*.so")):
                         print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
                               file=sys.stderr, flush=True)
-                    ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES],
-                               extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                               build_directory=str(build), verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
+                    cflags, ldflags = _flags()
+                    ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES], extra_cflags=cflags,
+                               extra_ldflags=ldflags, build_directory=str(build),
+                               verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
                 _register_fakes()
                 _ext = ext
             except Exception as exc:  # noqa: BLE001 - any build failure means: fall back, loudly

@@ -1,6 +1,6 @@
 """Kernel speed protocol (BENCH.md): packed backends vs F.linear float32/bfloat16, same process, same run.
 
-    python benchmarks/kernels.py [--shape 4096x4096 ...] [--batch 1 ...] [--planes 1 ...] [--threads N]
+    python benchmarks/kernel_table.py [--shape 4096x4096 ...] [--batch 1 ...] [--planes 1 ...] [--threads N]
 
 Writes benchmarks/results/kernels-<device>.json (rows + machine info) and kernels-<device>.md
 (the table, headed by the exact command).
