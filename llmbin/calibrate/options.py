@@ -26,6 +26,7 @@ class PipelineOptions:
     embeddings: str = "int5"  # token embeddings (and a tied head): int2..int8 [-row|-gG] | none (calibrate/embeddings.py)
     head: str = "same"  # output head of an untied model: same (as embeddings) | int8 | int4 | ... | none
     head_windows: int = 32  # calibration windows whose final hidden states give the head's Hessian
+    sensitivity: bool = False  # log each linear's relative output error on its calibration inputs (llmbin compare)
 
     def __post_init__(self):
         if self.activation_cache not in ("cpu", "disk"):
