@@ -286,3 +286,13 @@ def test_sensitivity_table_is_each_linears_output_error_on_its_calibration_input
     q = packed.model.layers[0].self_attn.q_proj.packed_format().dequantize()
     expected = float(((x @ (w - q).T) ** 2).sum() / ((x @ w.T) ** 2).sum())
     assert row["sensitivity"]["model.layers.0.self_attn.q_proj"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_rows_of_an_older_run_stay_valid_when_recipes_gain_a_setting_at_its_default():
+    from llmbin.compare.run import same_recipe
+
+    old = {"params": {"bits": 4}, "calibration": {"nsamples": 8}}
+    assert same_recipe(old, {"params": {"bits": 4}, "calibration": {"nsamples": 8, "selfgen_share": 0.0}})
+    assert not same_recipe(old, {"params": {"bits": 4}, "calibration": {"nsamples": 8, "selfgen_share": 0.5}})
+    assert not same_recipe(old, {"params": {"bits": 3}, "calibration": {"nsamples": 8}})
+    assert not same_recipe({**old, "gone": 1}, {"params": {"bits": 4}, "calibration": {"nsamples": 8}})

@@ -12,6 +12,11 @@ class Calibration:
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    selfgen_share: float = 0.0  # this share of the windows written by the full-precision model itself (data/selfgen)
+
+    def __post_init__(self):
+        if not 0 <= self.selfgen_share <= 1:
+            raise LlmbinError(f"calibration.selfgen_share must be in [0, 1], not {self.selfgen_share}")
 
 
 @dataclass

@@ -99,6 +99,15 @@ def method_recipe(recipe: Recipe) -> dict:
     return data
 
 
+def same_recipe(old, new) -> bool:
+    """Equal, where a key the older row lacks counts as equal when the new value is off (0, false, empty): a
+    setting added to recipes later, at its default, does not make earlier rows stale."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(same_recipe(old[k], v) if k in old else v in (0, 0.0, False, None, [], {}) for k, v in new.items()) \
+            and set(old) <= set(new)
+    return old == new
+
+
 def read_sensitivity(log_file: Path) -> dict[str, float]:
     """module -> its relative output error on the calibration inputs as the run logged it (rel_output_error; for
     PTQ1.61, herr_gptq: before block training)."""
@@ -175,7 +184,7 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
     try:
         for label, recipe in entries:
             old = done.get(label)
-            if old and old.get("recipe") == method_recipe(recipe):
+            if old and same_recipe(old.get("recipe"), method_recipe(recipe)):
                 echo(f"{label}: reused from the previous results.json")
                 results["methods"].append(old)
                 continue
