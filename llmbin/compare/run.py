@@ -128,6 +128,11 @@ def reference_bits(device: str) -> dict:
     return {"bpw_paper": bits, "bpw_all_in": bits}
 
 
+def _failed(record: dict, exc: Exception, echo) -> None:
+    record["error"] = _error_line(exc)
+    echo(f"{record['label']}: failed: {record['error']}")
+
+
 def _error_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
@@ -219,11 +224,8 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
                 record.update(evaluate_ref(str(checkpoint), spec, device))
                 record["model"] = model_ref
                 record["eval_seconds"] = round(time.perf_counter() - start, 1)
-            except (KeyboardInterrupt, SystemExit):
-                raise
             except Exception as exc:  # noqa: BLE001  (one failing method must not lose the others' results)
-                record["error"] = _error_line(exc)
-                echo(f"{label}: failed: {record['error']}")
+                _failed(record, exc, echo)
             finally:
                 if not keep_checkpoints:
                     shutil.rmtree(checkpoint, ignore_errors=True)
@@ -244,11 +246,8 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
         try:
             record.update(evaluate_ref(str(path), spec, device))
             record["eval_seconds"] = round(time.perf_counter() - start, 1)
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except Exception as exc:  # noqa: BLE001  (one failing row must not lose the others' results)
-            record["error"] = _error_line(exc)
-            echo(f"{label}: failed: {record['error']}")
+            _failed(record, exc, echo)
         results["methods"].append(record)
         save()
     return results
