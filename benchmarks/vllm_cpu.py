@@ -1,7 +1,7 @@
 """llmbin checkpoints served by vLLM on CPU against the same models unquantized in vLLM, and llmbin's own decoder.
 
     .venv-vllm/bin/python benchmarks/vllm_cpu.py all --pair smollm2 FLOAT_DIR PACKED_DIR [--pair ...] --out DIR
-    .venv-vllm/bin/python benchmarks/vllm_cpu.py greedy PACKED_DIR --json FILE      # acceptance: vLLM vs `llmbin generate`
+    .venv-vllm/bin/python benchmarks/vllm_cpu.py greedy PACKED_DIR --json FILE   # vLLM vs `llmbin generate`
 
 `all` runs every row in a fresh process (so start-up and peak RSS are each engine's own) one after the other:
 - vLLM rows (`serve`): `LLM(dir, dtype)` in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, KV cache 1 GiB), warmed
@@ -58,8 +58,9 @@ def serve_row(model: str, dtype: str, eager: bool) -> dict:
     start = time.perf_counter()
     llm = LLM(model=model, dtype=dtype, enforce_eager=eager, max_model_len=1024, seed=0, max_num_seqs=16)
     startup = time.perf_counter() - start
-    run = lambda prompts, n: llm.generate(prompts, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True),  # noqa: E731
-                                          use_tqdm=False)
+    def run(prompts, n):
+        return llm.generate(prompts, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), use_tqdm=False)
+
     run([PROMPT], 8)  # warm-up: first request's one-off work is not timed
     ttft = statistics.median(timed(lambda: run([PROMPT], 1)) for _ in range(5))
     one = statistics.median(timed(lambda: run([PROMPT], NEW)) for _ in range(3))
@@ -115,15 +116,17 @@ def all_rows(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, float_dir, packed_dir in args.pair:
-        plan = [("float", float_dir, "vllm", args.dtype, False), ("llmbin-packed", packed_dir, "vllm", args.dtype, False),
-                ("llmbin-packed", packed_dir, "vllm", args.dtype, True), ("llmbin-packed", packed_dir, "llmbin", None, False)]
-        for kind, model, engine, dtype, eager in plan:
+        plan = [(kind, model, "vllm", eager) for eager in (False, True)
+                for kind, model in (("float", float_dir), ("llmbin-packed", packed_dir))]
+        for kind, model, engine, eager in plan + [("llmbin-packed", packed_dir, "llmbin", False)]:
+            dtype = args.dtype if engine == "vllm" else None
             command = [sys.executable, __file__, "one", model, "--engine", engine, "--dtype", dtype or "float32"]
             command += ["--eager"] if eager else []
             print("$", " ".join(command), flush=True)
             proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-            (args.out / "logs").mkdir(exist_ok=True)
-            (args.out / "logs" / f"{name}-{kind}-{engine}{'-eager' if eager else ''}.log").write_text(proc.stdout + proc.stderr)
+            log = args.out / "logs" / f"{name}-{kind}-{engine}{'-eager' if eager else ''}.log"
+            log.parent.mkdir(exist_ok=True)
+            log.write_text(proc.stdout + proc.stderr)
             if proc.returncode:
                 print(f"FAILED (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
                 continue
@@ -193,8 +196,8 @@ def greedy(args) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     ok = all(r["reference_matches_cli"] and (r["same_tokens"] or r.get("near_tie")) for r in rows)
-    result = {"model": args.model, "prompts": len(rows), "new_tokens": n, "identical": sum(r["same_tokens"] for r in rows),
-              "accepted": ok, "rows": rows, "command": " ".join(sys.argv)}
+    result = {"model": args.model, "prompts": len(rows), "new_tokens": n, "accepted": ok,
+              "identical": sum(r["same_tokens"] for r in rows), "rows": rows, "command": " ".join(sys.argv)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"{result['identical']}/{len(rows)} identical, accepted: {ok}")

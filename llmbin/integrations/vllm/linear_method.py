@@ -27,8 +27,8 @@ class LlmbinLinearMethod(LinearMethodBase):
                               f"names {len(self.names)} for it ({', '.join(self.names)}); config.json is from another "
                               "model")
         if fused_on_disk and getattr(layer, "tp_size", 1) > 1:
-            raise LlmbinError(f"{self.names[0]} is stored fused on disk, which llmbin cannot split over tensor-parallel "
-                              "ranks; serve it with pipeline parallelism (--pipeline-parallel-size) instead")
+            raise LlmbinError(f"{self.names[0]} is stored fused on disk, which llmbin cannot split over "
+                              "tensor-parallel ranks; serve it with pipeline parallelism (--pipeline-parallel-size)")
         sizes = [sum(output_partition_sizes)] if fused_on_disk else output_partition_sizes
         shards = [Shard(name, meta, *_part(layer, i, name, meta, sizes[i], input_size_per_partition, input_size))
                   for i, (name, meta) in enumerate(zip(self.names, self.metas))]
@@ -63,13 +63,13 @@ def _part(layer, index: int, name: str, meta: dict, rank_rows: int, rank_cols: i
         return (0, n), (tp_rank * rank_cols, (tp_rank + 1) * rank_cols)
     if not isinstance(layer, ColumnParallelLinear) or tp_size == 1:
         if rank_rows != n:
-            raise LlmbinError(f"the checkpoint packs {name} with {n} outputs where vLLM's {layer.prefix} has {rank_rows}; "
-                              "config.json is from another model")
+            raise LlmbinError(f"the checkpoint packs {name} with {n} outputs where vLLM's {layer.prefix} has "
+                              f"{rank_rows}; config.json is from another model")
         return (0, n), (0, k)
     ranks, rank = tp_size, tp_rank
     if isinstance(layer, QKVParallelLinear) and index > 0:  # k and v heads may be replicated over ranks
         ranks, rank = tp_size // layer.num_kv_head_replicas, tp_rank // layer.num_kv_head_replicas
     if rank_rows * ranks != n:
-        raise LlmbinError(f"the checkpoint packs {name} with {n} outputs where vLLM's {layer.prefix} has {rank_rows} on each of "
-                          f"{ranks} ranks; config.json is from another model")
+        raise LlmbinError(f"the checkpoint packs {name} with {n} outputs where vLLM's {layer.prefix} has "
+                          f"{rank_rows} on each of {ranks} ranks; config.json is from another model")
     return (rank * rank_rows, (rank + 1) * rank_rows), (0, k)

@@ -26,6 +26,8 @@ class PackedProduct:
         self.module = module
         self.backend = select_backend(module.meta, device, dtype, refused)
         self.state = self.backend.prepare(module)
+        if isinstance(self.state, torch.Tensor):  # the torch reference's dense float32 weight: cast once, not per call
+            self.state = self.state.to(dtype)
         self.out_features = module.out_features
         _say_backend(module.meta, device, dtype, self.backend, refused, where)
         if self.backend.name == "cpu":

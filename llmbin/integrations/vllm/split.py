@@ -41,8 +41,8 @@ def take_rows(meta: dict, tensors: dict[str, torch.Tensor], start: int, stop: in
     if fmt == "bitplane" and meta.get("sparse_nnz") is not None:
         rowptr = tensors["sparse_rowptr"]
         first, last = int(rowptr[start]), int(rowptr[stop])
-        out.update(sparse_values=tensors["sparse_values"][first:last], sparse_colidx=tensors["sparse_colidx"][first:last],
-                   sparse_rowptr=rowptr[start:stop + 1] - first)
+        out.update(sparse_values=tensors["sparse_values"][first:last],
+                   sparse_colidx=tensors["sparse_colidx"][first:last], sparse_rowptr=rowptr[start:stop + 1] - first)
         meta["sparse_nnz"] = last - first
     if fmt == "masked":
         rowptr = tensors["salient_rowptr"]
@@ -115,8 +115,8 @@ def _bitplane_columns(fmt: BitPlaneFormat, start: int, stop: int) -> BitPlaneFor
     mine = (perm >= start) & (perm < stop)  # stored positions whose channel this rank holds, order kept
     bin_pos, sal_pos = torch.nonzero(mine[:k_bin]).flatten(), torch.nonzero(mine[k_bin:]).flatten()
     if not bin_pos.numel():
-        raise LlmbinError(f"input channels {start}..{stop} of this layer are all salient, which leaves a tensor-parallel "
-                          "rank no binarized part; serve it with pipeline parallelism instead")
+        raise LlmbinError(f"input channels {start}..{stop} of this layer are all salient, which leaves a "
+                          "tensor-parallel rank no binarized part; serve it with pipeline parallelism instead")
     groups, g = _groups(fmt, start, stop, k_bin)
     if g == stop - start:  # one group: it spans what this rank keeps of the binarized channels
         g = max(int(bin_pos.numel()), 1)
