@@ -32,6 +32,7 @@ class PackedProduct:
         _say_backend(module.meta, device, dtype, self.backend, refused, where)
         if self.backend.name == "cpu":
             _split_one_token_products()
+            _allow_amx()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.backend.forward(self.module, self.state, x)
@@ -58,18 +59,29 @@ def _label(name: str) -> str:
     return {"cpu": "cpu lookup-table", "torch": "torch reference (dequantize + F.linear)"}.get(name, name)
 
 
+def _allow_amx() -> None:
+    """vLLM-CPU's AMX attention kernel assumes the process already holds Linux's AMX permission, which oneDNN
+    requests when a float linear first runs; with every linear packed nothing has asked, and attention dies of
+    SIGILL (seen with enforce_eager on an AMX Xeon). Ask once, as oneDNN would."""
+    init = getattr(torch._C._cpu, "_init_amx", None)
+    if init is not None:
+        init()
+
+
 def _split_one_token_products() -> None:
-    """One-token products (batch-1 decode) run on the caller and n - 1 spinning helper threads of the kernel's
-    pool, a setting of the calling thread: vLLM loads and runs the model on one thread, so it is set here, to the
-    threads vLLM bound (LLMBIN_GEMV_THREADS overrides). Products of many tokens use torch's threads as always."""
+    """One-token products (batch-1 decode) can be split over the caller and n - 1 spinning helper threads of the
+    kernel's pool (a setting of the calling thread; vLLM loads and runs the model on one thread). Inside vLLM the
+    default is the caller alone: vLLM's OpenMP workers spin-wait between its own small ops, so helpers spinning
+    beside them overcommit the cores (SmolLM2 on 2 cores: 4 tokens/s with one helper, 72 without;
+    benchmarks/results/vllm-cpu/). LLMBIN_GEMV_THREADS=N asks for N, worth it with OMP_WAIT_POLICY=PASSIVE or
+    spare cores. Products of many tokens use torch's threads as always."""
     from ...kernels.cpu import load_extension
 
     ext = load_extension()
-    wanted = int(os.environ.get("LLMBIN_GEMV_THREADS", torch.get_num_threads()))
+    wanted = int(os.environ.get("LLMBIN_GEMV_THREADS", 1))
     if ext is None or ext.gemv_threads() == wanted:
         return
     ext.set_gemv_threads(wanted)
     if wanted not in _threads_set:
         _threads_set.add(wanted)
-        log.info("llmbin: one-token products split over %d threads (torch's thread count; LLMBIN_GEMV_THREADS "
-                 "sets another)", wanted)
+        log.info("llmbin: one-token products split over %d threads (LLMBIN_GEMV_THREADS)", wanted)
