@@ -33,6 +33,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
+  m.def("gemm_supported", &gemm_supported, "whether many-token products can run as dequantize + bf16 brgemm");
+  m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },
+        "tokens from which a product runs as dequantize + brgemm instead of on the lookup tables");
+  m.def("gemm_min_tokens", [] { return gemm_min_tokens(); });
   m.def("set_gemv_threads", [](int n) { requested_threads() = std::max(1, std::min(n, SpinPool::kMaxHelpers + 1)); },
         "threads for the calling thread's one-token matmuls (1: the caller only; more: its own spinning helpers)");
   m.def("gemv_threads", [] { return requested_threads(); }, "the calling thread's setting");
