@@ -113,3 +113,29 @@ def test_uniform_layers_run_packed_on_cpu(bits, group, ext):
     w = fmt.dequantize()
     assert rel_err(module(x), x @ w.T, w, x) <= 1e-5
     assert not any(t.numel() == 72 * 256 and t.dtype == torch.float32 for t in module.buffers())
+
+
+def int16_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The integer-code kernel's stated tolerance: activations rounded to int16 per block of 32 (|error| <= max|x| of
+    the block / 65534), exact int32 sums, float32 after: sum over blocks of that error x sum|w| + float32 rounding."""
+    k = x.shape[1]
+    kp = -(-k // 32) * 32
+    xb = torch.nn.functional.pad(x.double().abs(), (0, kp - k)).view(x.shape[0], -1, 32).amax(-1) / 65534
+    wb = torch.nn.functional.pad(w.double().abs(), (0, kp - k)).view(w.shape[0], -1, 32).sum(-1)
+    return xb @ wb.T + k * 2.0 ** -23 * (x.double().abs() @ w.double().abs().T)
+
+
+@pytest.mark.parametrize("bits,group,n,k", [(2, 32, 40, 96), (3, 64, 33, 200), (4, 128, 72, 256), (5, 64, 100, 576),
+                                            (8, 32, 17, 64), (4, 128, 20, 100)])
+def test_integer_code_kernel_within_the_stated_bound(bits, group, n, k, ext):
+    if not ext.uniform_supported():
+        pytest.skip("no AVX512-VNNI: uniform layers run on the lookup tables over bit planes")
+    fmt = random_uniform(n, k, bits, group, seed=bits + k)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    assert type(state.plan).__name__ == "UniformPlan"
+    for m in (1, 2, 7):
+        x = torch.randn(m, k) * torch.rand(1, k) * 4  # blocks of unequal size: the per-block scale matters
+        exact = x.double() @ w.double().T
+        for isa in ("avx512", "scalar"):
+            y = cpu.lut_matmul(state, x, isa, poison=True)
+            assert ((y.double() - exact).abs() <= int16_bound(x, w)).all(), (isa, m)

@@ -1,6 +1,8 @@
 """The CPU backend: a lookup-table GEMV/GEMM over bit planes (lut_kernels.h), driven by the extension's Plan.
 
-prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4 more planes; groups
+`uniform` (GPTQ/RTN, packed embeddings and heads) layers with groups of whole 32-column blocks run on the
+integer-code kernel instead (uniform_kernels.h: int16 activations x codes on AVX512-VNNI; layout.uniform_codes).
+Otherwise prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4 more planes; groups
 padded to whole words; one gather index applying perm/in_scale/padding; a `uniform` integer layer as one plane
 per code bit) and interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
 scales [NB, groups, P, 16] and offsets [NB, groups, 16] float32, out_scale folded in.
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .build import build_error, load_extension
-from .layout import layer_layout, uniform_layout
+from .layout import layer_layout, uniform_codes, uniform_layout
 
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "gemm": 4}  # gemm: the many-token path (dequant_gemm.h)
 ROWS = 16  # rows per interleaved block = entries per lookup table
@@ -87,7 +89,8 @@ def _configure(ext) -> None:
     print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)
 
 
-def prepare_state(module, isa: str | None = None) -> CpuState:
+def prepare_state(module, isa: str | None = None, bitplanes: bool = False) -> CpuState:
+    """bitplanes: a `uniform` layer as bit planes for the lookup tables even where the integer-code kernel runs."""
     ext = load_extension()
     if ext is None:
         raise RuntimeError(f"llmbin cpu backend unavailable: {build_error()}")
@@ -95,8 +98,17 @@ def prepare_state(module, isa: str | None = None) -> CpuState:
     isa = isa or os.environ.get("LLMBIN_CPU_ISA", "auto")
     if isa not in ISAS:
         raise ValueError(f"LLMBIN_CPU_ISA={isa} is not one of {', '.join(ISAS)}")
-    layout = uniform_layout if module.meta["format"] == "uniform" else layer_layout
-    lay = layout(module.meta, {n: b for n, b in module.named_buffers(recurse=False) if not n.startswith("_")})
+    buffers = {n: b for n, b in module.named_buffers(recurse=False) if not n.startswith("_")}
+    meta = module.meta
+    whole_blocks = meta.get("group_size", 0) % 32 == 0 or meta.get("group_size", 0) >= meta["in_features"]
+    if (meta["format"] == "uniform" and not bitplanes and isa in ("auto", "avx512", "scalar", "gemm")
+            and ext.uniform_supported() and whole_blocks):
+        codes, scales, zscales, nibbles = uniform_codes(meta, buffers)
+        plan = ext.UniformPlan(codes, scales, zscales, meta["out_features"], meta["in_features"],
+                               min(meta["group_size"], meta["in_features"]), nibbles)
+        return CpuState(plan, ISAS[isa], meta["out_features"], plan.key)
+    layout = uniform_layout if meta["format"] == "uniform" else layer_layout
+    lay = layout(meta, buffers)
     nb = -(-lay.out_features // ROWS)
     segs = lay.segments
     offsets = [torch.empty(0) if s.offsets is None else _interleave(s.offsets[None], nb)[:, :, 0] for s in segs]

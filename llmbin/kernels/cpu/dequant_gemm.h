@@ -67,7 +67,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void dequant_block_vnni(c
           lo = _mm512_mask_add_ps(lo, _mm512_test_epi32_mask(bits[p], even), lo, sc[p]);
           hi = _mm512_mask_add_ps(hi, _mm512_test_epi32_mask(bits[p], odd), hi, sc[p]);
         }
-        const __m512i packed = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
         _mm512_storeu_si512(out + j * kGemmCols * 2, _mm512_permutexvar_epi16(pair_order, packed));
       }
     }
@@ -86,14 +86,17 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void gather_bf16(const fl
       v[h] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, x, 4),
                            _mm512_loadu_ps(gscale + k + 16 * h));
     }
-    _mm512_storeu_si512(out + k, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v[1], v[0])));
+    _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
   }
 }
 #endif
 
-// y[M][NB*16] = gathered(x) . W^T over the segments; slots = the gathered vector's length (a multiple of 32).
-void dequant_gemm(const std::vector<Segment>& segs, int64_t NB, const float* x, int64_t K, int64_t M,
-                  const int32_t* gidx, const float* gscale, int64_t slots, float* y) {
+// y[M][NB*16] = gathered(x) . W^T; slots = the gathered vector's length (a multiple of 32); fill(nb, col0, tile)
+// writes row block nb's weights into the tile at column col0 (dequant_block_vnni for bit planes, uniform_plan.h's
+// for integer codes).
+template <typename Fill>
+void dequant_gemm(const Fill& fill, int64_t NB, const float* x, int64_t K, int64_t M, const int32_t* gidx,
+                  const float* gscale, int64_t slots, float* y) {
 #ifdef LLMBIN_X86
   using at::native::cpublas::brgemm;
   at::Tensor xg = at::empty({M, slots}, at::kBFloat16);
@@ -107,8 +110,7 @@ void dequant_gemm(const std::vector<Segment>& segs, int64_t NB, const float* x, 
     if (static_cast<int64_t>(tile.size()) < slots * kGemmCols) tile.resize(slots * kGemmCols);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb0 = t * kGemmCols / kRows, nb1 = std::min(NB, nb0 + kGemmCols / kRows);
-      for (int64_t nb = nb0; nb < nb1; ++nb)
-        for (const Segment& s : segs) dequant_block_vnni(s, nb, (nb - nb0) * kRows, tile.data());
+      for (int64_t nb = nb0; nb < nb1; ++nb) fill(nb, (nb - nb0) * kRows, tile.data());
       const int64_t cols = (nb1 - nb0) * kRows;
       const auto* b = reinterpret_cast<const at::BFloat16*>(tile.data());
       for (int64_t m0 = 0; m0 < M; m0 += kGemmTokens) {
