@@ -128,19 +128,23 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(co
   for (int r = 0; r < RB; ++r) _mm512_storeu_ps(y + r * kRows, yacc[r]);
 }
 
+// One k pair of 16 rows (lane r: codes (2 pair, 2 pair + 1) as int16) as bf16 weights into a brgemm tile.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void put_pair(__m512i lanes, int64_t pair, __m512 s,
+                                                                            __m512 zs, uint16_t* tile, int64_t col0,
+                                                                            int64_t tile_cols) {
+  alignas(64) static const uint16_t order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512 even = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(lanes, _mm512_set1_epi32(0xFFFF))), s, zs);
+  const __m512 odd = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(lanes, 16)), s, zs);
+  const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
+  _mm512_storeu_si512(tile + (pair * tile_cols + col0) * 2, _mm512_permutexvar_epi16(_mm512_load_si512(order), packed));
+}
+
 // Row block nb's weights (q * scale - zero * scale, rounded to bf16) into a brgemm tile (dequant_gemm.h's layout).
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(const UniformLayer& L, int64_t nb,
                                                                               int64_t col0, uint16_t* tile,
                                                                               int64_t tile_cols) {
-  alignas(64) static const uint16_t order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                                 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i pair_order = _mm512_load_si512(order), low = _mm512_set1_epi16(15), half = _mm512_set1_epi32(0xFFFF);
-  auto put = [&](__m512i lanes, int64_t pair, __m512 s, __m512 zs) {  // lanes: row r's codes (2 pair, 2 pair + 1)
-    const __m512 even = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(lanes, half)), s, zs);
-    const __m512 odd = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(lanes, 16)), s, zs);
-    const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
-    _mm512_storeu_si512(tile + (pair * tile_cols + col0) * 2, _mm512_permutexvar_epi16(pair_order, packed));
-  };
+  const __m512i low = _mm512_set1_epi16(15);
   for (int64_t g = 0; g < L.ng; ++g) {
     const __m512 s = _mm512_loadu_ps(L.scales + (nb * L.ng + g) * kRows);
     const __m512 zs = _mm512_loadu_ps(L.zscales + (nb * L.ng + g) * kRows);
@@ -149,10 +153,10 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
         const __m512i w = _mm512_cvtepu8_epi16(
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.codes + (nb * L.lines + line) * 32)));
         if (L.nibbles) {
-          put(_mm512_and_si512(w, low), 2 * line, s, zs);
-          put(_mm512_srli_epi16(w, 4), 2 * line + 1, s, zs);
+          put_pair(_mm512_and_si512(w, low), 2 * line, s, zs, tile, col0, tile_cols);
+          put_pair(_mm512_srli_epi16(w, 4), 2 * line + 1, s, zs, tile, col0, tile_cols);
         } else {
-          put(w, line, s, zs);
+          put_pair(w, line, s, zs, tile, col0, tile_cols);
         }
       }
     }
