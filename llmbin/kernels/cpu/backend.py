@@ -67,6 +67,8 @@ _paths_said = False
 def many_token_paths(ext) -> str:
     """Which kernel runs a product of how many tokens here, and why (said once per process by prepare_state)."""
     table = f"the lookup-table kernel ({ {1: 'scalar', 2: 'avx2', 3: 'avx512'}[ext.best_isa()] })"
+    if ext.uniform_supported():
+        table += " (integer-code layers: the AVX512-VNNI kernel, int16 activations, |error| <= max|x| / 65534 each)"
     if not ext.gemm_supported():
         return f"packed CPU products run on {table} for every batch size (no AVX512-BF16 brgemm on this CPU)"
     if ext.gemm_min_tokens() > 1 << 40:
