@@ -33,10 +33,14 @@ def llama_tg(binary: str, gguf: str, threads: int, tokens: int) -> float:
     return float(json.loads(out)[0]["avg_ts"])
 
 
-def llama_pp(binary: str, gguf: str, threads: int, tokens: int) -> float:
-    out = subprocess.run([binary, "-m", gguf, "-t", str(threads), "-p", str(tokens), "-n", "0", "-r", "3", "-o", "json"],
-                         check=True, capture_output=True, text=True, env=CALLER_ENV).stdout
-    return float(json.loads(out)[0]["avg_ts"])
+def llama_pp(binary: str, gguf: str, threads: int, tokens: int) -> float | None:
+    """None when llama-bench's prompt run dies (seen: SIGILL in its AMX path on a KVM Xeon); the row says so."""
+    proc = subprocess.run([binary, "-m", gguf, "-t", str(threads), "-p", str(tokens), "-n", "0", "-r", "3", "-o", "json"],
+                          capture_output=True, text=True, env=CALLER_ENV)
+    if proc.returncode != 0:
+        print(f"llama-bench -p {tokens} failed (exit status {proc.returncode}); no llama.cpp prefill this round", flush=True)
+        return None
+    return float(json.loads(proc.stdout)[0]["avg_ts"])
 
 
 def main() -> None:
@@ -86,8 +90,9 @@ def main() -> None:
         if args.prefill:
             pp, mine = f"{name}_pp{args.prefill}", f"llmbin_pp{args.prefill}"
             summary[f"{mine}_mean"] = round(statistics.mean(r[mine] for r in rows), 2)
-            summary[f"{pp}_mean"] = round(statistics.mean(r[pp] for r in rows), 2)
-            summary[f"prefill_rounds_llmbin_ahead_of_{name}"] = sum(r[mine] >= r[pp] for r in rows)
+            theirs = [r[pp] for r in rows if r[pp] is not None]
+            summary[f"{pp}_mean"] = round(statistics.mean(theirs), 2) if theirs else None
+            summary[f"prefill_rounds_llmbin_ahead_of_{name}"] = sum(r[pp] is not None and r[mine] >= r[pp] for r in rows)
     result = {"checkpoint": args.checkpoint, "threads": args.threads, "tokens": args.tokens, "cpu": cpu_name(),
               "prefill_tokens": args.prefill,
               "decode_threads": speed.get("decode_threads"), "torch": torch.__version__,
