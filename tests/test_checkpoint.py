@@ -128,3 +128,13 @@ def test_corrupted_checkpoints_refused(packed, tmp_path):
         llmbin.load(version)
     with pytest.raises(Exception, match="missing packed tensor"):  # from_pretrained is strict too
         AutoModelForCausalLM.from_pretrained(missing)
+
+
+def test_a_dense_fallback_is_said_at_load(packed, monkeypatch):
+    """GPTQ layers on CPU run on the reference backend (a float copy of each weight): loading says so, once."""
+    import llmbin.errors
+    from llmbin.errors import LlmbinFallbackWarning
+
+    monkeypatch.setattr(llmbin.errors, "_said", set())
+    with pytest.warns(LlmbinFallbackWarning, match="uniform layers on cpu.*torch reference backend.*dense float copy"):
+        llmbin.load(packed[0])

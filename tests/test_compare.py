@@ -2,6 +2,8 @@
 import json
 import math
 
+import pytest
+
 from click.testing import CliRunner
 
 from llmbin.cli import main
@@ -216,3 +218,81 @@ def test_compare_row_with_a_distill_stage_reports_what_the_stage_did(tiny_llama_
     # the distilled row's scales moved, its codes did not: its perplexity differs from the plain row's
     assert stage["kept"]  # these settings do improve the held-out loss: the trained scales went into the checkpoint
     assert rows["gptq2-distill"]["perplexity"][0]["ppl"] != rows["gptq"]["perplexity"][0]["ppl"]
+
+
+def test_pareto_front_keeps_only_rows_nothing_beats():
+    from llmbin.compare.rows import pareto_front
+
+    def row(label, mb, value):
+        return {"label": label, "size": {"file_bytes": mb * 1e6}, "perplexity": [ppl("t", value)]}
+
+    rows = [row("a", 10, 50.0), row("b", 20, 40.0), row("c", 25, 45.0), row("d", 30, 30.0), row("e", 10, 60.0),
+            row("f", 5, math.inf), {"label": "g", "error": "boom"}]
+    assert pareto_front(rows, "t") == ["a", "b", "d"]  # c: b is smaller and better; e: a, same size, better
+
+
+def test_a_gguf_file_is_a_row_scored_by_the_same_protocol(tiny_llama_dir, text_file, tmp_path, monkeypatch):
+    """The bundled model's own Q4_1 GGUF against the same model through llmbin: same windows, same protocol, its
+    file size and its matrices' bits per weight read from the file."""
+    from llmbin.models.loading import bundled_gguf
+
+    source = bundled_gguf("smollm2-135m")
+    out = tmp_path / "c"
+    points = drawn(monkeypatch)
+    result = run("compare", "smollm2-135m", "--gguf", f"Q4_1={source}", "--dataset", text_file, "--nsamples", "2",
+                 "--seqlen", "64", "--ppl", text_file, "--max-windows", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["methods"]
+    assert row["kind"] == "gguf" and row["size"]["file_bytes"] == source.stat().st_size
+    assert row["size"]["tensor_types"]["Q4_1"] == 210 and 4.9 < row["bits"]["bpw_all_in"] < 5.1  # Q4_1: 5 bits/w
+    # Q4_1's weights in float: within a few percent of the float source's perplexity on the same windows
+    ref = results["reference"]["perplexity"][0]
+    assert row["perplexity"][0]["windows"] == ref["windows"] == 2
+    assert abs(row["perplexity"][0]["ppl"] / ref["ppl"] - 1) < 0.05
+    assert "llama.cpp GGUF `SmolLM2-135M-Instruct.Q4_1.gguf`" in (out / "report.md").read_text()
+    assert points()[-1] == [(round(row["size"]["file_bytes"] / 1e6, 4), round(row["perplexity"][0]["ppl"], 4))]
+
+
+def test_sensitivity_table_is_each_linears_output_error_on_its_calibration_inputs(tiny_llama_dir, text_file, tmp_path):
+    """The report's per-layer table against the relative output error computed here for layer 0's q_proj, from the
+    packed weight and the inputs the float model gives that linear on the same calibration windows."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llmbin
+    from llmbin.data import calibration_windows, load_text, token_stream
+
+    out = tmp_path / "c"
+    result = run("compare", tiny_llama_dir, "--methods", "gptq", "--set", "gptq.bits=2", "--set", "gptq.group_size=32",
+                 "--dataset", text_file, "--nsamples", "4", "--seqlen", "32", "--ppl", text_file, "--max-windows", "2",
+                 "--keep-checkpoints", "-o", out)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((out / "results.json").read_text())["methods"]
+    assert len(row["sensitivity"]) == 14 and "pipeline" in row["recipe"] and "sensitivity" not in row["recipe"]["pipeline"]
+    report = (out / "report.md").read_text()
+    assert "Sensitivity of gptq" in report and "| layer | q_proj | k_proj | v_proj | o_proj |" in report
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = calibration_windows(token_stream(AutoTokenizer.from_pretrained(tiny_llama_dir),
+                                           load_text(str(text_file), split="calibration")), 4, 32, 0)
+    seen = []
+    hook = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(ids)
+    hook.remove()
+    x = torch.cat(seen).reshape(-1, seen[0].shape[-1])
+    w = model.model.layers[0].self_attn.q_proj.weight.detach()
+    packed, _ = llmbin.load(out / "checkpoints" / "gptq")
+    q = packed.model.layers[0].self_attn.q_proj.packed_format().dequantize()
+    expected = float(((x @ (w - q).T) ** 2).sum() / ((x @ w.T) ** 2).sum())
+    assert row["sensitivity"]["model.layers.0.self_attn.q_proj"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_rows_of_an_older_run_stay_valid_when_recipes_gain_a_setting_at_its_default():
+    from llmbin.compare.run import same_recipe
+
+    old = {"params": {"bits": 4}, "calibration": {"nsamples": 8}}
+    assert same_recipe(old, {"params": {"bits": 4}, "calibration": {"nsamples": 8, "selfgen_share": 0.0}})
+    assert not same_recipe(old, {"params": {"bits": 4}, "calibration": {"nsamples": 8, "selfgen_share": 0.5}})
+    assert not same_recipe(old, {"params": {"bits": 3}, "calibration": {"nsamples": 8}})
+    assert not same_recipe({**old, "gone": 1}, {"params": {"bits": 4}, "calibration": {"nsamples": 8}})

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import LlmbinError
 from ..methods.base import QuantMethod, QuantResult
 from ..methods.solvers.input_stats import InputStats
+from ..methods.solvers.structured_feedback import hessian_error
 from ..models.walk import layer_output
 from .activation_cache import ActivationCache
 from .quant_log import QuantLog
@@ -29,6 +30,7 @@ class LayerContext:
     generator: torch.Generator
     log: QuantLog
     true_sequential: bool = False
+    sensitivity: bool = False  # measure each linear's relative output error (costs a K x K product per linear)
     results: dict[str, QuantResult] = field(default_factory=dict)
 
     def batches(self):
@@ -73,6 +75,9 @@ class LayerContext:
         else:
             result = method.quantize_linear(name, weight, stats, self.generator)
         self.apply(name, result)
+        if self.sensitivity and stats is not None and stats.hessian is not None and stats.tokens:
+            result.metrics["rel_output_error"] = round(
+                hessian_error(weight, self.linears[name].weight.data, stats.hessian), 6)
         self.log.module(module=f"{self.prefix}.{name}", layer=self.index, format=result.format.name,
                         samples=0 if stats is None else stats.tokens, seconds=round(time.perf_counter() - start, 3),
                         **result.metrics)

@@ -12,6 +12,11 @@ class Calibration:
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    selfgen_share: float = 0.0  # this share of the windows written by the full-precision model itself (data/selfgen)
+
+    def __post_init__(self):
+        if not 0 <= self.selfgen_share <= 1:
+            raise LlmbinError(f"calibration.selfgen_share must be in [0, 1], not {self.selfgen_share}")
 
 
 @dataclass
@@ -26,6 +31,7 @@ class PipelineOptions:
     embeddings: str = "int5"  # token embeddings (and a tied head): int2..int8 [-row|-gG] | none (calibrate/embeddings.py)
     head: str = "same"  # output head of an untied model: same (as embeddings) | int8 | int4 | ... | none
     head_windows: int = 32  # calibration windows whose final hidden states give the head's Hessian
+    sensitivity: bool = False  # log each linear's relative output error on its calibration inputs (llmbin compare)
 
     def __post_init__(self):
         if self.activation_cache not in ("cpu", "disk"):

@@ -63,7 +63,7 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
         first = cache.get(0)
         groups = input_sharing_groups(layer, linears, (first[0].to(device), first[1], first[2]))
         ctx = LayerContext(i, f"{prefix}.{i}", layer, linears, groups, cache, device, generator, log,
-                           options.true_sequential)
+                           options.true_sequential, options.sensitivity)
         if work is not None and i in work.finished:
             method.on_layer_skipped(ctx)  # before the saved weights replace the full-precision ones
             for name, result in work.load_layer(i, ctx.prefix).items():

@@ -19,7 +19,27 @@ def methods_command():
         params = Recipe.default_for(name).params  # what `--method NAME` runs
         source = "shipped recipe " + name if params != cls.params_cls() else "method defaults"
         values = ", ".join(f"{f.name}={getattr(params, f.name)!r}" for f in dataclasses.fields(cls.params_cls))
+        click.echo(f"{'':8s}   runs: {stages(Recipe.default_for(name))}")
         click.echo(f"{'':8s}   parameters ({source}): {values}")
+
+
+def stages(recipe: Recipe) -> str:
+    """The stages `--method NAME` runs, in order."""
+    parts = []
+    pre = getattr(recipe.params, "preprocess", None)
+    if pre is not None and pre.enabled:
+        parts.append(f"pass 1 ({pre.pass1_epochs} block-training epoch(s)), LoRA preprocessing (r {pre.r}, "
+                     f"{pre.epochs} epoch(s)) merged")
+    epochs = getattr(recipe.params, "epochs", None)
+    parts.append("layer-by-layer calibration" + (f" ({epochs} block-training epoch(s))" if epochs is not None else ""))
+    d = recipe.distill
+    if d.enabled:
+        mix = f", {d.selfgen_share:.0%} written by the model" if d.selfgen_share else ""
+        parts.append(f"distillation ({d.nsamples} x {d.seqlen}-token windows{mix}, {d.epochs} epoch(s))")
+    p = recipe.pipeline
+    parts.append(f"embeddings/head {p.embeddings}" if p.embeddings != "none" else "embeddings/head in float")
+    share = recipe.calibration.selfgen_share
+    return " -> ".join(parts) + (f"; calibration {share:.0%} written by the model" if share else "")
 
 
 @click.command("formats")

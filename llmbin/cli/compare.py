@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..compare.gguf_rows import parse_gguf_rows
 from ..compare.run import resolve_entries, run_compare
 from ..errors import LlmbinError
 from ..eval.suite import EvalSpec
@@ -15,7 +16,7 @@ from .errors import friendly_errors
 
 @click.command("compare")
 @click.argument("model")
-@click.option("--methods", required=True, help="Comma-separated methods (see `llmbin methods`) or shipped recipe names: one row each.")
+@click.option("--methods", default="", help="Comma-separated methods (see `llmbin methods`) or shipped recipe names: one row each.")
 @click.option("--recipes", default=None, metavar="NAME=FILE,...", help="Recipe file for a row (default: the shipped recipe named like the method, else the method's defaults).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE", help="Parameter of one row (ptq161.epochs=5); repeatable.")
 @click.option("--dataset", required=True, help="Calibration text, the same for every method.")
@@ -35,10 +36,14 @@ from .errors import friendly_errors
 @click.option("--keep-checkpoints", is_flag=True, help="Keep each packed checkpoint under OUT/checkpoints.")
 @click.option("--resume", is_flag=True, help="Reuse rows of OUT/results.json made under the identical protocol.")
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
+@click.option("--gguf", "ggufs", multiple=True, metavar="[LABEL=]FILE.gguf",
+              help="A llama.cpp GGUF file as a row, scored by the same protocol; repeatable.")
 @friendly_errors
 def compare_command(model, methods, recipes, overrides, dataset, nsamples, seqlen, seed, ppl, protocol, max_windows, tasks,
-            include_path, limit, num_fewshot, batch_size, device, out, keep_checkpoints, resume, notes):
+            include_path, limit, num_fewshot, batch_size, device, out, keep_checkpoints, resume, notes, ggufs):
     """Quantize MODEL with several methods, score all (and the full-precision model) under one protocol, report."""
+    if not methods.strip() and not ggufs:
+        raise LlmbinError("nothing to compare: pass --methods M1,M2 and/or --gguf FILE.gguf")
     pairs = [p.partition("=") for p in (recipes or "").split(",") if p.strip()]
     if any(not sep for _, sep, _ in pairs):
         raise LlmbinError(f"--recipes takes NAME=FILE[,NAME=FILE], got {recipes!r}")
@@ -48,7 +53,8 @@ def compare_command(model, methods, recipes, overrides, dataset, nsamples, seqle
                                  include_path=include_path, num_fewshot=num_fewshot, batch_size=batch_size)
     command = shlex.join(["llmbin", *sys.argv[1:]]) if Path(sys.argv[0]).name == "llmbin" else ""
     results = run_compare(model, entries, {"dataset": dataset, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
-                          spec, out, device, keep_checkpoints, resume, command, list(notes), echo=click.echo)
+                          spec, out, device, keep_checkpoints, resume, command, list(notes), echo=click.echo,
+                          gguf=parse_gguf_rows(ggufs))
     click.echo((Path(out) / "report.md").read_text().split("\n\nPaper bits")[0])
     failed = [m["label"] for m in results["methods"] if m.get("error")]
     if failed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .rows import file_mb, fmt_ppl, ppl_names, ppl_of
+from .rows import file_mb, fmt_ppl, pareto_front, ppl_names, ppl_of
 
 FIGURE_DPI = 120
 AXES = {"bits": (lambda m: m["bits"]["bpw_all_in"], "all-in bits per weight (codes + scales + offsets + indices)"),
@@ -137,10 +137,18 @@ def plot_ppl_vs_bits(results: dict, path: str | Path, x: str = "bits") -> Path:
             off_scale = not math.isfinite(ppl)
             y = ylim[1] / 10 ** (0.05 * span) if off_scale else ppl
             color = colors[k % len(colors)]
+            gguf = ok[k].get("kind") == "gguf"  # llama.cpp's files: filled squares; llmbin's rows: hollow shapes
             # hollow, distinct shapes: two methods at (nearly) the same spot both stay visible
-            ax.scatter([bits], [y], s=46, facecolors="none", edgecolors=[color], linewidths=1.6,
-                       marker="^" if off_scale else MARKERS[k % len(MARKERS)], zorder=3)
+            ax.scatter([bits], [y], s=46, facecolors=[color] if gguf else "none", edgecolors=[color], linewidths=1.6,
+                       marker="^" if off_scale else ("s" if gguf else MARKERS[k % len(MARKERS)]), zorder=3)
             points.append((bits, y, f"{label}: {fmt_ppl(ppl)}" + (" (off scale)" if off_scale else ""), color))
+        if x == "file_mb":  # the Pareto front: the smallest file for each perplexity
+            front = {m["label"]: m for m in ok}
+            line = sorted((file_mb(front[label]), ppl_of(front[label], text)) for label in pareto_front(ok, text))
+            if len(line) > 1:
+                ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="0.2", lw=1.1, ls=":",
+                        zorder=2, label="Pareto front")
+                ax.legend(loc="lower left", fontsize=8, frameon=False)
         if ref is not None and math.isfinite(ref):
             ax.axhline(ref, color="0.35", ls="--", lw=1, zorder=1)
         ax.set_xlabel(x_label)

@@ -8,12 +8,13 @@ whose text box overlaps no earlier label, marker or the axes edge, nearest first
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..eval.zeroshot import headline
 from ..host.files import atomic_write_text
 from .plot import plot_ppl_vs_bits
-from .rows import fmt_ppl, ppl_names, ppl_of, task_names
+from .rows import fmt_ppl, pareto_front, ppl_names, ppl_of, task_names
 
 def _bits(value) -> str:
     return "-" if value is None else f"{round(value, 3):g}"
@@ -71,7 +72,8 @@ def markdown(results: dict) -> str:
         if m.get("error"):
             lines.append("| " + " | ".join([m["label"], f"failed: {m['error']}"] + ["-"] * (len(header) - 2)) + " |")
             continue
-        row(m["label"], m, m["bits"]["bpw_paper"], m["bits"]["bpw_all_in"], m["quantize_seconds"], m["peak_rss_mb"])
+        row(m["label"], m, m["bits"]["bpw_paper"], m["bits"]["bpw_all_in"], m.get("quantize_seconds"),
+            m.get("peak_rss_mb"))
 
     cal, ev = results["calibration"], results["eval"]
     where = (f'protocol {ev["protocol"]}, seqlen {ev["seqlen"]}, first {ev["max_windows"] or "all"} windows'
@@ -90,18 +92,58 @@ def markdown(results: dict) -> str:
             f"during it, {results.get('peak_rss_kind', 'reset before each method')}. File MB is every byte of the "
             "checkpoint's safetensors files (10^6 bytes; embeddings, head and norms included) and bits/param is that "
             "times 8 over all parameters of the source model; the full-precision row shows the source at fp16.", ""]
+    for text in texts:
+        front = pareto_front(results["methods"] + [results["reference"]], text)
+        if front:
+            out.append(f"Pareto front of file MB against ppl {Path(text).name} (no row is smaller and better): "
+                       f"{', '.join(front)}.")
+    if texts:
+        out.append("")
     for note in results.get("notes", []):
         out.append(f"- {note}")
     out += ["", "Recipes:", ""]
     for m in results["methods"]:
-        out.append(f"- {m['label']}: `{json.dumps(m.get('recipe', {}).get('params', {}), sort_keys=True)}`"
+        if m.get("kind") == "gguf":
+            size = m.get("size") or {}
+            out.append(f"- {m['label']}: llama.cpp GGUF `{Path(m['file']).name}` (tensor types "
+                       f"{size.get('tensor_types')}; all-in bits are its decoder matrices' bits per weight), scored "
+                       "through transformers' GGUF loader")
+            continue
+        out.append(f"- {m['label']}: `{json.dumps((m.get('recipe') or {}).get('params', {}), sort_keys=True)}`"
                    + _distill_note(m))
+    for m in results["methods"]:
+        out += sensitivity_table(m)
     if results.get("command"):
         out += ["", f"Command: `{results['command']}`"]
     out += ["", f"Versions: {results['versions']}", "",
             "![perplexity vs all-in bits](ppl_vs_bits.png)", "",
             "![perplexity vs file size](ppl_vs_file_mb.png)", ""]
     return "\n".join(out)
+
+
+def sensitivity_table(row: dict) -> list[str]:
+    """Decoder layers x projections: each linear's relative output error tr(E H E^T) / tr(W H W^T) on its own
+    calibration inputs; the ground for giving the costly ones more bits."""
+    values = row.get("sensitivity") or {}
+    cells: dict[int, dict[str, float]] = {}
+    for module, value in values.items():
+        match = re.search(r"\.(\d+)\.(?:.*\.)?([A-Za-z0-9_]+)$", module)
+        if match:
+            cells.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    if not cells:
+        return []
+    order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    projections = sorted({p for c in cells.values() for p in c}, key=lambda p: (order.index(p) if p in order else 99, p))
+    worst = sorted(values.items(), key=lambda kv: -kv[1])[:5]
+    lines = ["", f"Sensitivity of {row['label']} (relative output error of each quantized linear on its calibration "
+             "inputs; most costly: " + ", ".join(f"{m} {v:.3g}" for m, v in worst) + "):", "",
+             "| layer | " + " | ".join(projections) + " | mean |", "|" + "---|" * (len(projections) + 2)]
+    for layer in sorted(cells):
+        row_values = [cells[layer].get(p) for p in projections]
+        present = [v for v in row_values if v is not None]
+        lines.append(f"| {layer} | " + " | ".join("-" if v is None else f"{v:.3g}" for v in row_values)
+                     + f" | {sum(present) / len(present):.3g} |")
+    return lines
 
 
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:

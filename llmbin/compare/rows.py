@@ -33,3 +33,14 @@ def file_mb(row: dict):
 
 AXES = {"bits": (lambda m: m["bits"]["bpw_all_in"], "all-in bits per weight (codes + scales + offsets + indices)"),
         "file_mb": (file_mb, "checkpoint file size (MB, every safetensors byte)")}
+
+
+def pareto_front(rows: list[dict], text: str, size=file_mb) -> list[str]:
+    """Labels of the rows no other row beats: none has lower or equal perplexity on `text` at lower or equal size
+    with one of the two strictly lower. Rows without a size or a finite perplexity take no part."""
+    import math
+
+    points = [(size(m), ppl_of(m, text), m["label"]) for m in rows if not m.get("error")]
+    points = [(s, p, label) for s, p, label in points if s is not None and p is not None and math.isfinite(p)]
+    return [label for s, p, label in sorted(points)
+            if not any(s2 <= s and p2 <= p and (s2, p2) != (s, p) for s2, p2, _ in points)]

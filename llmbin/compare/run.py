@@ -26,6 +26,7 @@ from ..methods import METHODS
 from ..models.loading import default_dtype
 from ..recipe import SHIPPED_DIR, Recipe
 from ..recipe.run import run_recipe
+from .gguf_rows import gguf_record
 from .report import write_report
 
 
@@ -91,12 +92,45 @@ class PeakRSS:
         return peak_rss_mb()
 
 
+def method_recipe(recipe: Recipe) -> dict:
+    """The recipe a row records and is reused by: without pipeline.sensitivity, a measurement of the run."""
+    data = recipe.to_dict()
+    data["pipeline"].pop("sensitivity", None)
+    return data
+
+
+def same_recipe(old, new) -> bool:
+    """Equal, where a key the older row lacks counts as equal when the new value is off (0, false, empty): a
+    setting added to recipes later, at its default, does not make earlier rows stale."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(same_recipe(old[k], v) if k in old else v in (0, 0.0, False, None, [], {}) for k, v in new.items()) \
+            and set(old) <= set(new)
+    return old == new
+
+
+def read_sensitivity(log_file: Path) -> dict[str, float]:
+    """module -> its relative output error on the calibration inputs as the run logged it (rel_output_error; for
+    PTQ1.61, herr_gptq: before block training)."""
+    found = {}
+    for line in log_file.read_text().splitlines():
+        record = json.loads(line)
+        value = record.get("rel_output_error", record.get("herr_gptq"))
+        if value is not None and "module" in record:
+            found[record["module"]] = value
+    return found
+
+
 def reference_bits(device: str) -> dict:
     """Bits per weight the unquantized model is scored at: llmbin loads float32 on CPU, bfloat16 on GPU."""
     import torch
 
     bits = 8 * torch.empty(0, dtype=default_dtype(device)).element_size()
     return {"bpw_paper": bits, "bpw_all_in": bits}
+
+
+def _failed(record: dict, exc: Exception, echo) -> None:
+    record["error"] = _error_line(exc)
+    echo(f"{record['label']}: failed: {record['error']}")
 
 
 def _error_line(exc: BaseException) -> str:
@@ -115,8 +149,9 @@ def _previous(out_dir: Path, header: dict) -> dict | None:
 
 def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: dict, spec: EvalSpec,
                 out_dir: str | Path, device: str = "cpu", keep_checkpoints: bool = False, resume: bool = False,
-                command: str = "", notes: list[str] | None = None, echo=print) -> dict:
-
+                command: str = "", notes: list[str] | None = None, echo=print,
+                gguf: list[tuple[str, Path]] | None = None) -> dict:
+    """Quantize and score every entry, score every GGUF row, write the report after each; -> results.json's data."""
     if spec.tasks:  # unknown task names fail before anything is quantized
         from ..integrations.lmeval import task_manager
 
@@ -127,6 +162,7 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
         for key, value in calibration.items():
             recipe.set(f"calibration.{key}", value)
         recipe.set("pipeline.device", device)
+        recipe.set("pipeline.sensitivity", True)  # the report's per-layer table
     peak = PeakRSS()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = {"model": model_ref, "command": command, "created": created, "versions": versions(),
@@ -153,11 +189,11 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
     try:
         for label, recipe in entries:
             old = done.get(label)
-            if old and old.get("recipe") == recipe.to_dict():
+            if old and same_recipe(old.get("recipe"), method_recipe(recipe)):
                 echo(f"{label}: reused from the previous results.json")
                 results["methods"].append(old)
                 continue
-            record = {"label": label, "method": recipe.method, "recipe": recipe.to_dict(), "error": None}
+            record = {"label": label, "method": recipe.method, "recipe": method_recipe(recipe), "error": None}
             checkpoint = scratch / label
             try:
                 echo(f"{label}: quantizing ({recipe.method})")
@@ -173,6 +209,7 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
                     record["distill"] = {k: trained[k] for k in ("loss_before", "loss_after", "kept", "steps")}
                 del qm
                 gc.collect()
+                record["sensitivity"] = read_sensitivity(checkpoint / "quant_log.jsonl")
                 inspected = inspect_checkpoint(checkpoint)
                 totals = inspected["totals"]
                 record["bits"] = {"bpw_paper": totals["bpw_paper"], "bpw_all_in": totals["bpw_all_in"],
@@ -187,11 +224,8 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
                 record.update(evaluate_ref(str(checkpoint), spec, device))
                 record["model"] = model_ref
                 record["eval_seconds"] = round(time.perf_counter() - start, 1)
-            except (KeyboardInterrupt, SystemExit):
-                raise
             except Exception as exc:  # noqa: BLE001  (one failing method must not lose the others' results)
-                record["error"] = _error_line(exc)
-                echo(f"{label}: failed: {record['error']}")
+                _failed(record, exc, echo)
             finally:
                 if not keep_checkpoints:
                     shutil.rmtree(checkpoint, ignore_errors=True)
@@ -200,4 +234,20 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
     finally:
         if not keep_checkpoints:
             shutil.rmtree(scratch, ignore_errors=True)
+    for label, path in gguf or []:
+        record = gguf_record(label, path)
+        old = done.get(label)
+        if old and old.get("file_stamp") == record["file_stamp"]:
+            echo(f"{label}: reused from the previous results.json")
+            results["methods"].append(old)
+            continue
+        echo(f"{label}: scoring {path.name} (llama.cpp GGUF, dequantized by transformers)")
+        start = time.perf_counter()
+        try:
+            record.update(evaluate_ref(str(path), spec, device))
+            record["eval_seconds"] = round(time.perf_counter() - start, 1)
+        except Exception as exc:  # noqa: BLE001  (one failing row must not lose the others' results)
+            _failed(record, exc, echo)
+        results["methods"].append(record)
+        save()
     return results

@@ -54,3 +54,17 @@ def selfgen_windows(teacher, tokenizer, n_train: int, n_eval: int, seqlen: int, 
 def text_windows(dataset: str, tokenizer, n_train: int, n_eval: int, seqlen: int, seed: int, log=None) -> DistillWindows:
     ids = token_stream(tokenizer, load_text(dataset, split="calibration"))
     return disjoint_windows(ids, n_train, n_eval, seqlen, seed, dataset, log)
+
+
+def mixed_windows(text: DistillWindows, teacher, tokenizer, options) -> DistillWindows:
+    """The text's windows with `options.selfgen_share` of them replaced by windows the teacher writes: training
+    windows are swapped, held-out ones added in the same share, so the best state is chosen on both."""
+    n_gen = round(options.selfgen_share * len(text.train))
+    n_gen_eval = round(options.selfgen_share * len(text.held_out))
+    if n_gen == 0 and n_gen_eval == 0:
+        return text
+    gen = generate_windows(teacher, tokenizer, n_gen + n_gen_eval, text.train.shape[1], options.seed + 1)
+    keep = len(text.train) - n_gen
+    return DistillWindows(torch.cat([text.train[:keep], gen[:n_gen]]), torch.cat([text.held_out, gen[n_gen:]]),
+                          text.train_starts[:keep], text.held_out_starts,
+                          f"{text.source} + {options.selfgen_share:.0%} selfgen")

@@ -18,6 +18,7 @@ class DistillOptions:
     temperature: float = 1.0
     topk: int = 128  # teacher distribution cached as its top-k log-probabilities + the rest's total mass
     data: str = "calibration"  # calibration (the calibration text) | selfgen (sampled from the teacher)
+    selfgen_share: float = 0.0  # with data=calibration: this share of the windows sampled from the teacher instead
     nsamples: int = 64  # training windows
     seqlen: int = 512  # tokens per window
     eval_nsamples: int = 4  # held-out windows, disjoint from the training ones
@@ -42,6 +43,8 @@ class DistillOptions:
                 raise LlmbinError(f"distill.{key} must be >= 1, not {getattr(self, key)}")
         if self.seqlen < 2:
             raise LlmbinError(f"distill.seqlen must be >= 2, not {self.seqlen}")
+        if not 0 <= self.selfgen_share <= 1:
+            raise LlmbinError(f"distill.selfgen_share must be in [0, 1], not {self.selfgen_share}")
         if not 0 <= self.warmup < 1:
             raise LlmbinError(f"distill.warmup must be in [0, 1), not {self.warmup}")
         if self.temperature <= 0 or self.lr <= 0 or self.ce_weight < 0 or self.entropy_weight < 0:

@@ -22,7 +22,7 @@ from ..checkpoint.version import FORMAT_VERSION
 from ..errors import LlmbinError, warn_once
 from ..formats import checked_format
 from ..models.walk import decoder_layers, make_linears_explicit, set_submodule
-from ..nn import QuantLinear, untie_packed
+from ..nn import PackedMatrix, QuantLinear, untie_packed
 
 
 @register_quantization_config("llmbin")
@@ -63,6 +63,9 @@ class LlmbinHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         check_loaded_values(model)  # every index a kernel reads, before the first product
+        for module in model.modules():  # which kernel will run each one: a fallback is said now, at load
+            if isinstance(module, PackedMatrix):
+                module.backend()
         record = getattr(self.quantization_config, "embeddings", None)
         if record and record.get("tied") and record.get("input"):
             # the packed matrix is shared by reference: a later tie_weights() (lm-eval calls one) must not look

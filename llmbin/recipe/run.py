@@ -45,13 +45,21 @@ class ModelContext:
 
 
 def calibration_ids(model, tokenizer, recipe: Recipe) -> tuple[torch.Tensor, str]:
+    """The calibration windows: the recipe's text, with calibration.selfgen_share of them written by the model."""
     cal = recipe.calibration
     if cal.nsamples < 1 or cal.seqlen < 2:
         raise LlmbinError(f"nsamples ({cal.nsamples}) must be >= 1 and seqlen ({cal.seqlen}) >= 2")
+    if not 0 <= cal.selfgen_share <= 1:
+        raise LlmbinError(f"calibration.selfgen_share must be in [0, 1], not {cal.selfgen_share}")
     if cal.dataset == "selfgen":
         return generate_windows(model, tokenizer, cal.nsamples, cal.seqlen, cal.seed), "selfgen"
-    ids = token_stream(tokenizer, load_text(cal.dataset, split="calibration"))
-    return calibration_windows(ids, cal.nsamples, cal.seqlen, cal.seed), cal.dataset
+    n_gen = round(cal.selfgen_share * cal.nsamples)
+    text = calibration_windows(token_stream(tokenizer, load_text(cal.dataset, split="calibration")),
+                               cal.nsamples - n_gen, cal.seqlen, cal.seed) if n_gen < cal.nsamples else None
+    if n_gen == 0:
+        return text, cal.dataset
+    gen = generate_windows(model, tokenizer, n_gen, cal.seqlen, cal.seed)
+    return (gen if text is None else torch.cat([text, gen])), f"{cal.dataset} + {n_gen} selfgen windows"
 
 
 def provenance(model_ref: str, recipe: Recipe, calib_source: str, windows: torch.Tensor) -> dict:
