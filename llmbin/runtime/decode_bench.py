@@ -1,4 +1,4 @@
-"""End-to-end decode speed: a packed checkpoint vs the float32 and bfloat16 model it was made from.
+"""End-to-end decode and prefill speed: a packed checkpoint vs the float32 and bfloat16 model it was made from.
 
 Each model decodes the same prompt for exactly `new_tokens` tokens (EOS ignored) two ways:
 - `hf-generate`: transformers' generate (dynamic cache), greedy: what a user of HF gets;
@@ -8,7 +8,8 @@ Each model decodes the same prompt for exactly `new_tokens` tokens (EOS ignored)
   disk) is reported as compile_s and not timed.
 Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = the new tokens
 after the first / the time they took. A streamer timestamps HF's tokens, so both ways are measured
-alike. Every row carries the thread count and the load average before and after it ran.
+alike. Prefill at 64 and 512 prompt tokens (llama-bench's pp64/pp512) is measured by prefill_bench.py.
+Every row carries the thread count and the load average before and after it ran.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..checkpoint.reader import load_checkpoint, read_quant_config
 from ..errors import LlmbinError
 from ..models.loading import load_model
 from .decoder import Decoder, DecodeStats
+from .prefill_bench import prefill_rows
 from .sampling import Sampler
 
 PROMPT = "The history of the city begins"
@@ -58,8 +60,10 @@ def hf_generate_speed(model, ids: torch.Tensor, new_tokens: int) -> tuple[dict, 
              "compile_s": None}, out[0, ids.shape[1]:].tolist())
 
 
-def static_speed(model, ids: torch.Tensor, new_tokens: int, compile: bool | None = None) -> tuple[dict, list[int]]:
-    decoder = Decoder(model, ids.shape[1] + new_tokens, compile=compile)
+def static_speed(model, ids: torch.Tensor, new_tokens: int, compile: bool | None = None,
+                 decoder: Decoder | None = None) -> tuple[dict, list[int]]:
+    """One greedy decode; pass the same `decoder` to time several without compiling the step again."""
+    decoder = decoder or Decoder(model, ids.shape[1] + new_tokens, compile=compile)
     stats = DecodeStats()
     tokens = list(decoder.stream(ids, new_tokens, Sampler(), frozenset(), stats))
     return ({"prefill_tokens_per_s": stats.prefill_tokens_per_s, "decode_tokens_per_s": stats.decode_tokens_per_s,
@@ -103,19 +107,27 @@ def run_decode_bench(path, new_tokens: int = 128, prompt: str = PROMPT, device: 
     for label, loader in loaders:
         model, tokenizer = loader()
         model.to(device)
-        rows += decode_rows(label, model.eval(), tokenizer, new_tokens, prompt)
+        first = not rows
+        added = decode_rows(label, model.eval(), tokenizer, new_tokens, prompt) + prefill_rows(label, model)
+        rows += added
         if log:
-            log(format_decode(rows[-len(PATHS):], header=len(rows) == len(PATHS)))
+            log(format_decode(added, header=first))
         del model
         gc.collect()
     base = next((r["decode_tokens_per_s"] for r in rows if r["model"] == "float32" and r["path"] == "hf-generate"), None)
     for r in rows:
-        r["speedup_vs_float32_hf"] = round(r["decode_tokens_per_s"] / base, 2) if base else None
+        if "decode_tokens_per_s" in r:
+            r["speedup_vs_float32_hf"] = round(r["decode_tokens_per_s"] / base, 2) if base else None
+    for r in rows:  # prefill against the float32 model's at the same prompt length
+        fp = next((f["prefill_tokens_per_s"] for f in rows if f["model"] == "float32" and f["path"] == r["path"]), None)
+        if r["path"].startswith("prefill") and fp:
+            r["prefill_speedup_vs_float32"] = round(r["prefill_tokens_per_s"] / fp, 2)
     return rows
 
 
-DECODE_COLS = ["model", "path", "head", "prefill_tokens_per_s", "decode_tokens_per_s", "speedup_vs_float32_hf", "compile_s",
-               "threads", "decode_threads", "loadavg_start", "loadavg_end", "greedy_tokens_agree"]
+DECODE_COLS = ["model", "path", "head", "prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s", "speedup_vs_float32_hf",
+               "prefill_speedup_vs_float32", "compile_s", "threads", "decode_threads", "loadavg_start", "loadavg_end",
+               "greedy_tokens_agree"]
 
 
 def format_decode(rows: list[dict], header: bool = True) -> str:

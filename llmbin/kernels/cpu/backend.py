@@ -1,16 +1,21 @@
 """The CPU backend: a lookup-table GEMV/GEMM over bit planes (lut_kernels.h), driven by the extension's Plan.
 
-prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4 more planes; groups
+`uniform` (GPTQ/RTN, packed embeddings and heads) layers with groups of whole 32-column blocks run on the
+integer-code kernel instead (uniform_kernels.h: int16 activations x codes on AVX512-VNNI; layout.uniform_codes).
+Otherwise prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4 more planes; groups
 padded to whole words; one gather index applying perm/in_scale/padding; a `uniform` integer layer as one plane
 per code bit) and interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
 scales [NB, groups, P, 16] and offsets [NB, groups, 16] float32, out_scale folded in.
-`LLMBIN_CPU_ISA=scalar|avx2|avx512` forces a code path (default: the best this CPU has).
+`LLMBIN_CPU_ISA=scalar|avx2|avx512|gemm` forces a code path (default: the best this CPU has). From
+`LLMBIN_CPU_GEMM_MIN_TOKENS` tokens on (default 16; 0 = never), a product runs as a per-call bf16 dequantization
+of the layer + oneDNN's brgemm instead (dequant_gemm.h; CPUs with AVX512-BF16), which says once that it does.
 Under torch.compile the product is the op `llmbin_cpu::lut_matmul` (kernels/ops.py); eager calls go to the plan
 directly: a Python custom op would cost ~17 us of dispatch per call, 3.6 ms per token on SmolLM2.
 """
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from .build import build_error, load_extension
-from .layout import layer_layout, uniform_layout
+from .layout import layer_layout, uniform_codes, uniform_layout
 
-ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "gemm": 4}  # gemm: the many-token path (dequant_gemm.h)
 ROWS = 16  # rows per interleaved block = entries per lookup table
 
 
@@ -56,15 +61,56 @@ class CpuState:
     key: int  # the plan's key in the extension's registry (what the compiled op takes)
 
 
-def prepare_state(module, isa: str | None = None) -> CpuState:
+_paths_said = False
+
+
+def many_token_paths(ext) -> str:
+    """Which kernel runs a product of how many tokens here, and why (said once per process by prepare_state)."""
+    table = f"the lookup-table kernel ({ {1: 'scalar', 2: 'avx2', 3: 'avx512'}[ext.best_isa()] })"
+    if ext.uniform_supported():
+        table += " (integer-code layers: the AVX512-VNNI kernel, int16 activations, |error| <= max|x| / 65534 each)"
+    if not ext.gemm_supported():
+        return f"packed CPU products run on {table} for every batch size (no AVX512-BF16 brgemm on this CPU)"
+    if ext.gemm_min_tokens() > 1 << 40:
+        return f"packed CPU products run on {table} for every batch size (LLMBIN_CPU_GEMM_MIN_TOKENS=0)"
+    return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of {ext.gemm_min_tokens()}+ "
+            "tokens as a per-call bf16 dequantization + oneDNN brgemm (bf16 weights and activations, float32 sums: "
+            "|error| <= 2^-8 sum|x||w|; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
+
+
+def _configure(ext) -> None:
+    global _paths_said
+    if _paths_said:
+        return
+    raw = os.environ.get("LLMBIN_CPU_GEMM_MIN_TOKENS", "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise ValueError(f"LLMBIN_CPU_GEMM_MIN_TOKENS={raw} is not a whole number of tokens (0 = never)")
+        ext.set_gemm_min_tokens(int(raw) or 1 << 62)
+    _paths_said = True
+    print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)
+
+
+def prepare_state(module, isa: str | None = None, bitplanes: bool = False) -> CpuState:
+    """bitplanes: a `uniform` layer as bit planes for the lookup tables even where the integer-code kernel runs."""
     ext = load_extension()
     if ext is None:
         raise RuntimeError(f"llmbin cpu backend unavailable: {build_error()}")
+    _configure(ext)
     isa = isa or os.environ.get("LLMBIN_CPU_ISA", "auto")
     if isa not in ISAS:
         raise ValueError(f"LLMBIN_CPU_ISA={isa} is not one of {', '.join(ISAS)}")
-    layout = uniform_layout if module.meta["format"] == "uniform" else layer_layout
-    lay = layout(module.meta, {n: b for n, b in module.named_buffers(recurse=False) if not n.startswith("_")})
+    buffers = {n: b for n, b in module.named_buffers(recurse=False) if not n.startswith("_")}
+    meta = module.meta
+    whole_blocks = meta.get("group_size", 0) % 32 == 0 or meta.get("group_size", 0) >= meta["in_features"]
+    if (meta["format"] == "uniform" and not bitplanes and isa in ("auto", "avx512", "scalar", "gemm")
+            and ext.uniform_supported() and whole_blocks):
+        codes, scales, zscales, nibbles = uniform_codes(meta, buffers)
+        plan = ext.UniformPlan(codes, scales, zscales, meta["out_features"], meta["in_features"],
+                               min(meta["group_size"], meta["in_features"]), nibbles)
+        return CpuState(plan, ISAS[isa], meta["out_features"], plan.key)
+    layout = uniform_layout if meta["format"] == "uniform" else layer_layout
+    lay = layout(meta, buffers)
     nb = -(-lay.out_features // ROWS)
     segs = lay.segments
     offsets = [torch.empty(0) if s.offsets is None else _interleave(s.offsets[None], nb)[:, :, 0] for s in segs]
@@ -93,10 +139,6 @@ class CpuBackend:
             return f"handles the bitplane and uniform formats only, not {meta.get('format')}"
         if dtype not in self.dtypes:
             return f"activations must be float32/float16/bfloat16, not {dtype}"
-        if meta["format"] == "uniform" and not meta.get("lut"):
-            # decoder GPTQ/RTN layers keep the reference backend: their packed logits then equal the fake-quant
-            # model's exactly; the vocabulary-sized embedding/head, read whole every decoded token, opt in
-            return "runs uniform layers only where they opt in (meta 'lut': packed embeddings and heads)"
         if meta["format"] == "uniform" and not 1 <= meta["bits"] <= 8:
             return f"handles 1 to 8 bit integer codes, not {meta['bits']} bits"
         if meta["format"] == "bitplane" and not 1 <= meta["num_planes"] <= 4:

@@ -4,18 +4,19 @@
 #include <torch/library.h>
 
 #include "lut_plan.h"
+#include "uniform_plan.h"
 
 namespace {
 
 at::Tensor lut_matmul_op(const at::Tensor& x, int64_t key, int64_t n, int64_t isa) {
-  const Plan* plan;
+  const PackedPlan* plan;
   {
     std::lock_guard<std::mutex> lock(registry_mutex);
     auto it = registry.find(key);
     TORCH_CHECK(it != registry.end(), "llmbin cpu plan ", key, " was freed; a compiled graph outlived its model");
     plan = it->second;
   }
-  TORCH_CHECK(plan->N == n, "plan ", key, " has ", plan->N, " rows, not ", n);
+  TORCH_CHECK(plan->rows() == n, "plan ", key, " has ", plan->rows(), " rows, not ", n);
   return plan->forward(x, isa, false).contiguous();  // compiled graphs assume the fake's contiguous strides
 }
 
@@ -32,7 +33,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("key", &Plan::key)
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
+  pybind11::class_<UniformPlan>(m, "UniformPlan")
+      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, bool>())
+      .def_readonly("key", &UniformPlan::key)
+      .def("forward", &UniformPlan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0,
+           pybind11::arg("poison") = false, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("uniform_supported", &vnni_supported, "whether integer-code layers can run on the AVX512-VNNI kernel");
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
+  m.def("gemm_supported", &gemm_supported, "whether many-token products can run as dequantize + bf16 brgemm");
+  m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },
+        "tokens from which a product runs as dequantize + brgemm instead of on the lookup tables");
+  m.def("gemm_min_tokens", [] { return gemm_min_tokens(); });
   m.def("set_gemv_threads", [](int n) { requested_threads() = std::max(1, std::min(n, SpinPool::kMaxHelpers + 1)); },
         "threads for the calling thread's one-token matmuls (1: the caller only; more: its own spinning helpers)");
   m.def("gemv_threads", [] { return requested_threads(); }, "the calling thread's setting");

@@ -123,3 +123,27 @@ def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
         src.append(pos)
     src = torch.cat(src)
     return LayerLayout(segments, src, (src >= 0).float(), None, n, k)
+
+
+def uniform_codes(meta: dict, buffers: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """A `uniform` layer in the integer-code kernel's layout (uniform_kernels.h): (codes uint8 [NB, lines, 32],
+    scales and -zero*scale float32 [NB, groups, 16], nibbles). Rows padded to blocks of 16, columns to blocks of 32
+    (zero codes); up to 4 bits two codes share a byte."""
+    buf = {name: b.detach().cpu() for name, b in buffers.items()}
+    n, k, bits = meta["out_features"], meta["in_features"], meta["bits"]
+    nb, kp = _ceil(n, 16), _ceil(k, 32) * 32
+    codes = F.pad(unpack_codes(buf["qweight"], bits, k).to(torch.uint8), (0, kp - k, 0, nb * 16 - n))
+    nibbles = bits <= 4
+    if nibbles:  # byte h of line q: code(4q + h) | code(4q + 2 + h) << 4
+        quads = codes.view(nb, 16, kp // 4, 4)
+        pairs = quads[..., 0:2] | (quads[..., 2:4] << 4)
+    else:  # byte h of line j: code(2j + h)
+        pairs = codes.view(nb, 16, kp // 2, 2)
+    lines = pairs.permute(0, 2, 1, 3).reshape(nb, -1, 32).contiguous()
+    s = buf["scales"].float()
+    zs = -buf["zeros"].float() * s
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, 0, 0, nb * 16 - n)).view(nb, 16, -1).permute(0, 2, 1).contiguous()
+
+    return lines, blocks(s), blocks(zs), nibbles

@@ -12,7 +12,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dequant_gemm.h"
 #include "lut_kernels.h"
+#include "plan_registry.h"
 #include "spin_pool.h"
 
 namespace {
@@ -20,28 +22,15 @@ namespace {
 constexpr int64_t kMinShardWords = 256;  // words of one token's work per thread below which a GEMV is not split
 constexpr int64_t kBlocksPerPass = 4;     // row blocks per AVX-512 pass at most (run_segment's RB)
 
-struct Plan;
-
-// Live plans by key: compiled graphs call the op `llmbin_cpu::lut_matmul(x, key, n, isa)`, which takes
-// only tensors and ints, so a plan is found by the key it got when it was built (and forgotten when freed).
-std::mutex registry_mutex;
-std::unordered_map<int64_t, const Plan*> registry;
-std::atomic<int64_t> next_key{0};
-
-// The repacked weights of one layer; forward() takes activations of any float dtype and shape [..., K].
-struct Plan {
+// The repacked weights of one bit-plane layer; forward() takes activations of any float dtype and shape [..., K].
+struct Plan : PackedPlan {
   at::Tensor gidx, gscale, sp_values, sp_colidx, sp_rowptr;
   std::vector<at::Tensor> words, scales, offsets;
   std::vector<Segment> segs;
   int64_t N, K, NB, words_per_token, NG, per_block = 0;
-  int64_t key = next_key++;
 
-  Plan(const Plan&) = delete;
-  Plan& operator=(const Plan&) = delete;
-  ~Plan() {
-    std::lock_guard<std::mutex> lock(registry_mutex);
-    registry.erase(key);
-  }
+  ~Plan() override { unpublish(); }  // before the members go
+  int64_t rows() const override { return N; }
 
   Plan(at::Tensor gidx_, at::Tensor gscale_, std::vector<at::Tensor> words_, std::vector<at::Tensor> scales_,
        std::vector<at::Tensor> offsets_, std::vector<int64_t> shape, at::Tensor spv, at::Tensor spc, at::Tensor spr,
@@ -92,16 +81,17 @@ struct Plan {
         TORCH_CHECK(c >= 0 && c < K, "sparse column index ", c, " is outside [0, ", K, ")");
       }
     }
-    std::lock_guard<std::mutex> lock(registry_mutex);  // registered last: a refused plan is never reachable
-    registry[key] = this;
+    publish();
   }
 
   // poison: fill the output and workspace with NaN first (tests: every value used must be written)
-  at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const {
+  at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const override {
+    const bool auto_isa = isa == kAuto;
     TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K,
                 "expected CPU activations [..., ", K, "]");
+    TORCH_CHECK(isa != kGemm || gemm_supported(), "the dequantize + GEMM path needs AVX512-BF16 and oneDNN's brgemm");
     if (isa == kAuto) isa = best_isa();
-    TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "requested ISA ", isa, " is not supported by this CPU");
+    TORCH_CHECK((isa >= kScalar && isa <= best_isa()) || isa == kGemm, "requested ISA ", isa, " is not supported by this CPU");
     // A decode step makes ~200 of these calls of a few us each: float32 contiguous input, an output in its final
     // shape and a reused per-thread workspace skip the ATen calls (~0.3-0.5 us each) a general input needs.
     const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
@@ -128,6 +118,18 @@ struct Plan {
     }
     const float* xp = x.data_ptr<float>();
     const bool sparse = sp_values.numel() > 0;
+    if (isa == kGemm || (auto_isa && M >= gemm_min_tokens() && gemm_supported())) {
+      const auto fill = [&](int64_t nb, int64_t col0, uint16_t* tile) {
+        for (const Segment& s : segs) dequant_block_vnni(s, nb, col0, tile);
+      };
+      dequant_gemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32,
+                   y.data_ptr<float>());
+      if (sparse)
+        at::parallel_for(0, M, 64, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) run_sparse(xp + t * K, y.data_ptr<float>() + t * NB * kRows, 0, N, best_isa());
+        });
+      return finish(y, x_in, sizes, M, in_place);
+    }
     for (int64_t m0 = 0; m0 < M; m0 += chunk) {
       const int64_t mc = std::min(chunk, M - m0);
       float* wp = wbase;
@@ -183,6 +185,11 @@ struct Plan {
       at::parallel_for(0, pass_count, std::max<int64_t>(1, grain / kBlocksPerPass),
                        [&](int64_t q0, int64_t q1) { blocks(j, q0 * kBlocksPerPass, std::min(q1 * kBlocksPerPass, NB)); });
     }
+    return finish(y, x_in, sizes, M, in_place);
+  }
+
+  at::Tensor finish(const at::Tensor& y, const at::Tensor& x_in, const std::vector<int64_t>& sizes, int64_t M,
+                    bool in_place) const {
     if (in_place) return y;
     at::Tensor out = NB * kRows == N ? y : y.narrow(1, 0, N);
     return out.to(x_in.scalar_type()).reshape(sizes);

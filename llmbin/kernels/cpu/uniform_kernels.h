@@ -1,0 +1,169 @@
+// Integer-code (`uniform`: RTN/GPTQ, packed embeddings and heads) products on AVX512-VNNI.
+//
+// A token's activations are quantized to int16 per block of 32 (scale = max|x| / 32767: error <= max|x| / 65534 per
+// activation, far below bf16's 2^-9), and vpdpwssd multiplies 16 rows x 2 codes by a broadcast activation pair per
+// instruction, summing exactly in int32 (32 x 255 x 32767 < 2^31 per block). Per block the int32 sums become float
+// times the block's scale, per group times the row's scale, plus (-zero * scale) times the group's float sum of x.
+// Compared with the lookup tables over bit planes this needs one instruction per 32 weights for any bit width
+// instead of one per plane per 64: 4-bit layers 2x, the 5-bit head 2.5x fewer instructions.
+//
+// Codes, 16 rows interleaved: a 32-byte line holds, per row r, two bytes (bytes 2r, 2r+1). Up to 4 bits the bytes
+// hold two codes each: line q of a row block, byte 2r+h = code(r, 4q+h) | code(r, 4q+2+h) << 4, so the low nibbles
+// of a line are the k pair (4q, 4q+1) and the high ones (4q+2, 4q+3). From 5 bits on, a byte is one code: line j,
+// byte 2r+h = code(r, 2j+h). Zero-extending a line to int16 makes each 32-bit lane one row's k pair.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "lut_kernels.h"
+
+namespace {
+
+struct UniformLayer {
+  const uint8_t* codes;  // [NB][lines][32]
+  const float* scales;   // [NB][ng][16]
+  const float* zscales;  // [NB][ng][16]: -zero * scale
+  int64_t NB, KB, ng, bpg, lines;  // KB = blocks of 32 activations, bpg = blocks per group
+  bool nibbles;
+};
+
+// One token: int16 activations (zero-padded to KB*32), a scale per block, a float sum per group.
+void quantize_token(const float* x, int64_t K, const UniformLayer& L, int16_t* xq, float* xs, float* xsum) {
+  for (int64_t b = 0; b < L.KB; ++b) {
+    const int64_t k0 = b * 32, k1 = std::min(K, k0 + 32);
+    float amax = 0.f;
+    for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
+    const float inv = amax > 0.f ? 32767.f / amax : 0.f;
+    xs[b] = amax / 32767.f;
+    for (int64_t k = k0; k < k0 + 32; ++k) xq[k] = k < k1 ? static_cast<int16_t>(std::nearbyint(x[k] * inv)) : 0;
+  }
+  for (int64_t g = 0; g < L.ng; ++g) {
+    float sum = 0.f;
+    for (int64_t k = g * L.bpg * 32; k < std::min(K, (g + 1) * L.bpg * 32); ++k) sum += x[k];
+    xsum[g] = sum;
+  }
+}
+
+// Portable path (and the reference the tests hold the vector path to): same arithmetic, one row at a time.
+void uniform_rows_scalar(const UniformLayer& L, const int16_t* xq, const float* xs, const float* xsum, int64_t nb,
+                         float* y) {
+  const uint8_t* base = L.codes + nb * L.lines * 32;
+  for (int64_t r = 0; r < kRows; ++r) {
+    float yr = 0.f;
+    for (int64_t g = 0; g < L.ng; ++g) {
+      float gr = 0.f;
+      for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
+        int32_t acc = 0;
+        for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
+          const int64_t line = L.nibbles ? k / 4 : k / 2, h = k % 2;
+          const uint8_t byte = base[line * 32 + 2 * r + h];
+          acc += (L.nibbles ? (k % 4 < 2 ? byte & 15 : byte >> 4) : byte) * static_cast<int32_t>(xq[k]);
+        }
+        gr += static_cast<float>(acc) * xs[b];
+      }
+      yr += gr * L.scales[(nb * L.ng + g) * kRows + r] + L.zscales[(nb * L.ng + g) * kRows + r] * xsum[g];
+    }
+    y[r] = yr;
+  }
+}
+
+#ifdef LLMBIN_X86
+bool vnni_supported() {
+  static const bool ok = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+  return ok;
+}
+
+// RB row blocks from nb on: RB independent int32 chains hide vpdpwssd's latency.
+template <int RB, bool NIB>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(const UniformLayer& L, const int16_t* xq,
+                                                                             const float* xs, const float* xsum,
+                                                                             int64_t nb, float* y) {
+  const __m512i low = _mm512_set1_epi16(15);
+  __m512 yacc[RB];
+  for (int r = 0; r < RB; ++r) yacc[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < L.ng; ++g) {
+    __m512 gacc[RB];
+    for (int r = 0; r < RB; ++r) gacc[r] = _mm512_setzero_ps();
+    for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
+      const int32_t* pairs = reinterpret_cast<const int32_t*>(xq + b * 32);
+      __m512i acc[RB];
+      for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
+      if constexpr (NIB) {
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) {
+          const __m512i xlo = _mm512_set1_epi32(pairs[2 * q]), xhi = _mm512_set1_epi32(pairs[2 * q + 1]);
+#pragma GCC unroll 4
+          for (int r = 0; r < RB; ++r) {
+            const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(L.codes + ((nb + r) * L.lines + b * 8 + q) * 32)));
+            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_and_si512(w, low), xlo);
+            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_srli_epi16(w, 4), xhi);
+          }
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) {
+          const __m512i xp = _mm512_set1_epi32(pairs[j]);
+#pragma GCC unroll 4
+          for (int r = 0; r < RB; ++r) {
+            const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(L.codes + ((nb + r) * L.lines + b * 16 + j) * 32)));
+            acc[r] = _mm512_dpwssd_epi32(acc[r], w, xp);
+          }
+        }
+      }
+      const __m512 scale = _mm512_set1_ps(xs[b]);
+      for (int r = 0; r < RB; ++r) gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), scale, gacc[r]);
+    }
+    const __m512 sum = _mm512_set1_ps(xsum[g]);
+    for (int r = 0; r < RB; ++r) {
+      const int64_t at = ((nb + r) * L.ng + g) * kRows;
+      yacc[r] = _mm512_fmadd_ps(gacc[r], _mm512_loadu_ps(L.scales + at), yacc[r]);
+      yacc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(L.zscales + at), sum, yacc[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) _mm512_storeu_ps(y + r * kRows, yacc[r]);
+}
+
+// One k pair of 16 rows (lane r: codes (2 pair, 2 pair + 1) as int16) as bf16 weights into a brgemm tile.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void put_pair(__m512i lanes, int64_t pair, __m512 s,
+                                                                            __m512 zs, uint16_t* tile, int64_t col0,
+                                                                            int64_t tile_cols) {
+  alignas(64) static const uint16_t order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512 even = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(lanes, _mm512_set1_epi32(0xFFFF))), s, zs);
+  const __m512 odd = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(lanes, 16)), s, zs);
+  const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
+  _mm512_storeu_si512(tile + (pair * tile_cols + col0) * 2, _mm512_permutexvar_epi16(_mm512_load_si512(order), packed));
+}
+
+// Row block nb's weights (q * scale - zero * scale, rounded to bf16) into a brgemm tile (dequant_gemm.h's layout).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(const UniformLayer& L, int64_t nb,
+                                                                              int64_t col0, uint16_t* tile,
+                                                                              int64_t tile_cols) {
+  const __m512i low = _mm512_set1_epi16(15);
+  for (int64_t g = 0; g < L.ng; ++g) {
+    const __m512 s = _mm512_loadu_ps(L.scales + (nb * L.ng + g) * kRows);
+    const __m512 zs = _mm512_loadu_ps(L.zscales + (nb * L.ng + g) * kRows);
+    for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
+      for (int64_t line = b * (L.nibbles ? 8 : 16); line < (b + 1) * (L.nibbles ? 8 : 16); ++line) {
+        const __m512i w = _mm512_cvtepu8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.codes + (nb * L.lines + line) * 32)));
+        if (L.nibbles) {
+          put_pair(_mm512_and_si512(w, low), 2 * line, s, zs, tile, col0, tile_cols);
+          put_pair(_mm512_srli_epi16(w, 4), 2 * line + 1, s, zs, tile, col0, tile_cols);
+        } else {
+          put_pair(w, line, s, zs, tile, col0, tile_cols);
+        }
+      }
+    }
+  }
+}
+#else
+bool vnni_supported() { return false; }
+#endif
+
+}  // namespace

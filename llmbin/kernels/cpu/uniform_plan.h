@@ -1,0 +1,115 @@
+// A `uniform` (integer-code) layer repacked for uniform_kernels.h, and the product that drives it: one token on the
+// spinning pool, a few tokens row block by row block, many tokens as dequantize + brgemm (dequant_gemm.h).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "dequant_gemm.h"
+#include "plan_registry.h"
+#include "spin_pool.h"
+#include "uniform_kernels.h"
+
+namespace {
+
+constexpr int64_t kUniformPass = 4;  // row blocks per vector pass (uniform_rows_vnni's RB)
+
+struct UniformPlan : PackedPlan {
+  at::Tensor codes, scales, zscales, gidx, gscale;
+  UniformLayer L;
+  int64_t N, K;
+
+  // codes uint8 [NB, lines, 32] (uniform_kernels.h's layout), scales / zscales float [NB, ng, 16]
+  UniformPlan(at::Tensor codes_, at::Tensor scales_, at::Tensor zscales_, int64_t n, int64_t k, int64_t group, bool nib)
+      : codes(codes_.contiguous()), scales(scales_.contiguous()), zscales(zscales_.contiguous()), N(n), K(k) {
+    TORCH_CHECK(vnni_supported(), "the integer-code kernel needs AVX512-VNNI");
+    const int64_t NB = (N + kRows - 1) / kRows, KB = (K + 31) / 32;
+    TORCH_CHECK(group % 32 == 0 || group >= K, "integer-code groups must be whole blocks of 32 columns");
+    const int64_t bpg = group >= K ? KB : group / 32, ng = (KB + bpg - 1) / bpg;
+    const int64_t lines = KB * (nib ? 8 : 16);
+    TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 3 && codes.size(0) == NB && codes.size(1) == lines &&
+                codes.size(2) == 32, "bad integer codes tensor");
+    for (const at::Tensor* t : {&scales, &zscales})
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == NB * ng * kRows, "bad integer-code scales");
+    L = UniformLayer{codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), zscales.data_ptr<float>(), NB, KB, ng, bpg,
+                     lines, nib};
+    gidx = at::arange(KB * 32, at::kInt).masked_fill(at::arange(KB * 32, at::kInt) >= K, -1);
+    gscale = (gidx >= 0).to(at::kFloat);
+    publish();
+  }
+  ~UniformPlan() override { unpublish(); }
+  int64_t rows() const override { return N; }
+
+  // row blocks [b0, b1) of one token
+  void rows_of(const int16_t* xq, const float* xs, const float* xsum, int64_t b0, int64_t b1, float* y,
+               int64_t isa) const {
+    int64_t nb = b0;
+#ifdef LLMBIN_X86
+    if (isa != kScalar) {
+      for (; nb + kUniformPass <= b1; nb += kUniformPass)
+        L.nibbles ? uniform_rows_vnni<kUniformPass, true>(L, xq, xs, xsum, nb, y + nb * kRows)
+                  : uniform_rows_vnni<kUniformPass, false>(L, xq, xs, xsum, nb, y + nb * kRows);
+      for (; nb < b1; ++nb)
+        L.nibbles ? uniform_rows_vnni<1, true>(L, xq, xs, xsum, nb, y + nb * kRows)
+                  : uniform_rows_vnni<1, false>(L, xq, xs, xsum, nb, y + nb * kRows);
+    }
+#endif
+    for (; nb < b1; ++nb) uniform_rows_scalar(L, xq, xs, xsum, nb, y + nb * kRows);
+  }
+
+  at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const override {
+    TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
+    TORCH_CHECK(isa == kAuto || isa == kScalar || isa == kAvx512 || (isa == kGemm && gemm_supported()),
+                "the integer-code kernel runs as scalar, avx512 (VNNI) or gemm, not ISA ", isa);
+    const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
+    const at::Tensor x = direct ? x_in : x_in.reshape({-1, K}).to(at::kFloat).contiguous();
+    const int64_t M = x.numel() / K, NB = L.NB, ldy = NB * kRows;
+    std::vector<int64_t> sizes = x_in.sizes().vec();
+    sizes.back() = N;
+    const bool in_place = direct && ldy == N;
+    at::Tensor y = in_place ? at::empty(sizes, x.options()) : at::empty({M, ldy}, x.options());
+    if (poison) y.fill_(std::numeric_limits<float>::quiet_NaN());
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    if (isa == kGemm || (isa == kAuto && M >= gemm_min_tokens() && gemm_supported())) {
+      const auto fill = [&](int64_t nb, int64_t col0, uint16_t* tile) { uniform_block_vnni(L, nb, col0, tile, kGemmCols); };
+      dequant_gemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
+    } else {
+      // per token: int16 activations, block scales, group sums
+      const int64_t stride = L.KB * 32 / 2 + L.KB + L.ng;  // in floats
+      std::vector<float> prep(static_cast<size_t>(M * stride));
+      at::parallel_for(0, M, 64, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          float* p = prep.data() + t * stride;
+          quantize_token(xp + t * K, K, L, reinterpret_cast<int16_t*>(p), p + L.KB * 16, p + L.KB * 16 + L.KB);
+        }
+      });
+      auto run = [&](int64_t t, int64_t b0, int64_t b1) {
+        const float* p = prep.data() + t * stride;
+        rows_of(reinterpret_cast<const int16_t*>(p), p + L.KB * 16, p + L.KB * 16 + L.KB, b0, b1, yp + t * ldy,
+                isa == kScalar ? kScalar : kAvx512);
+      };
+      const int64_t passes = (NB + kUniformPass - 1) / kUniformPass;
+      auto split = [&](int i, int shards) { return std::min(NB, passes * i / shards * kUniformPass); };
+      const int shards = static_cast<int>(std::min<int64_t>({requested_threads(), passes, NB * L.lines / 64}));
+      const bool pooled = M == 1 && shards > 1 &&
+                          SpinPool::mine().run(shards, [&](int i) { run(0, split(i, shards), split(i + 1, shards)); });
+      if (!pooled)
+        at::parallel_for(0, passes, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, L.lines * kUniformPass * M)),
+                         [&](int64_t q0, int64_t q1) {
+                           for (int64_t t = 0; t < M; ++t)
+                             run(t, q0 * kUniformPass, std::min(NB, q1 * kUniformPass));
+                         });
+    }
+    if (in_place) return y;
+    at::Tensor out = ldy == N ? y : y.narrow(1, 0, N);
+    return out.to(x_in.scalar_type()).reshape(sizes);
+  }
+};
+
+}  // namespace

@@ -1,0 +1,145 @@
+"""Many-token products (dequantize + bf16 brgemm, dequant_gemm.h) and uniform layers on the CPU backend, against
+float64 math on the format's own dense weights (fmt.dequantize()).
+
+The stated tolerance of the GEMM path: weights and gathered activations are rounded to bf16 (relative 2^-9 each),
+products and sums are float32, so elementwise |y - exact| <= (2^-8 + K 2^-23) * (|x| @ |w|^T). The lookup-table
+path keeps float32 throughout (test_kernels_cpu.py's 1e-5)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from llmbin.formats import UniformFormat
+from llmbin.kernels import cpu, select_backend
+from llmbin.nn import QuantLinear
+
+from conftest_kernels import make_format, rel_err
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the cpu backend falls back to torch")
+
+
+@pytest.fixture(scope="module")
+def ext():
+    ext = cpu.load_extension()
+    assert ext is not None, cpu.build_error()
+    return ext
+
+
+@pytest.fixture
+def gemm(ext):
+    if not ext.gemm_supported():
+        pytest.skip("this CPU has no AVX512-BF16 brgemm: many-token products stay on the lookup tables")
+    return ext
+
+
+def gemm_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (2.0 ** -8 + w.shape[1] * 2.0 ** -23) * (x.double().abs() @ w.double().abs().T)
+
+
+def random_uniform(n: int, k: int, bits: int, group: int, seed: int = 0) -> UniformFormat:
+    g = torch.Generator().manual_seed(seed)
+    ng = -(-k // group)
+    return UniformFormat(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.int32),
+                         (torch.rand(n, ng, generator=g) * 0.05 + 0.001).half(),
+                         torch.randint(0, 2 ** bits, (n, ng), generator=g, dtype=torch.uint8), bits, group)
+
+
+FORMATS = [("bitplane", (64, 128, 32, 1, "plain")), ("bitplane", (257, 544, 128, 2, "ptq161")),
+           ("bitplane", (7, 32, 32, 1, "pbllm")), ("bitplane", (100, 160, 64, 2, "permuted")),
+           ("bitplane", (33, 544, "K", 1, "nooffsets")), ("uniform", (96, 160, 4, 32)), ("uniform", (40, 544, 3, 128)),
+           ("uniform", (17, 96, 8, 64)), ("uniform", (80, 256, 2, 128))]
+
+
+def build(kind, args):
+    return make_format(*args) if kind == "bitplane" else random_uniform(*args)
+
+
+@pytest.mark.parametrize("kind,args", FORMATS, ids=[f"{k}-{'-'.join(map(str, a))}" for k, a in FORMATS])
+def test_gemm_path_within_the_stated_bound(kind, args, gemm):
+    fmt = build(kind, args)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    for m in (1, 5, 16, 33, 300):
+        x = torch.randn(m, fmt.in_features)
+        y = cpu.lut_matmul(state, x, "gemm", poison=True)  # every output written: NaN-filled first
+        assert torch.isfinite(y).all()
+        excess = (y.double() - x.double() @ w.double().T).abs() - gemm_bound(x, w)
+        assert excess.max() <= 0, f"M={m}: {excess.max():.3e} above the bound"
+
+
+@pytest.mark.parametrize("kind,args", FORMATS[:2] + FORMATS[5:7], ids=lambda a: str(a))
+def test_tokens_pick_the_path(kind, args, gemm):
+    """Below the threshold the table kernel (float32 exact), from it the GEMM path, bit for bit the forced one."""
+    fmt = build(kind, args)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    few, many = torch.randn(gemm.gemm_min_tokens() - 1, fmt.in_features), torch.randn(gemm.gemm_min_tokens(), fmt.in_features)
+    if kind == "uniform" and gemm.uniform_supported():  # the integer-code kernel: its own bound
+        assert ((cpu.lut_matmul(state, few).double() - few.double() @ w.double().T).abs() <= int16_bound(few, w)).all()
+    else:
+        assert rel_err(cpu.lut_matmul(state, few), few @ w.T, w, few) <= 1e-5
+    assert torch.equal(cpu.lut_matmul(state, many), cpu.lut_matmul(state, many, "gemm"))
+    assert not torch.equal(cpu.lut_matmul(state, many), cpu.lut_matmul(state, many, "avx512"))  # not the tables
+
+
+def test_threshold_and_env(gemm, monkeypatch):
+    before = gemm.gemm_min_tokens()
+    try:
+        gemm.set_gemm_min_tokens(4)
+        assert gemm.gemm_min_tokens() == 4
+        assert "1-3 tokens" in cpu.backend.many_token_paths(gemm)
+    finally:
+        gemm.set_gemm_min_tokens(before)
+
+
+def test_gemm_batch_shapes_and_dtypes(gemm):
+    fmt = make_format(96, 160, 64, 2, "ptq161")
+    module = QuantLinear.from_format(fmt, torch.randn(96))
+    w = fmt.dequantize()
+    x = torch.randn(3, 40, 160)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        y = module(x.to(dtype))
+        assert y.shape == (3, 40, 96) and y.dtype == dtype
+        exact = x.to(dtype).double() @ w.double().T + module.bias.double()
+        slack = gemm_bound(x.to(dtype).reshape(-1, 160), w).reshape(3, 40, 96) + 2.0 ** -7 * exact.abs() * (dtype != torch.float32)
+        assert ((y.double() - exact).abs() <= slack + 1e-6).all(), dtype
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 128), (8, 32)])
+def test_uniform_layers_run_packed_on_cpu(bits, group, ext):
+    """GPTQ/RTN layers are no longer refused (no dense copy at load): the integer-code kernel within its bound (or
+    the table kernel over bit planes within float32 rounding, where the CPU has no AVX512-VNNI)."""
+    fmt = random_uniform(72, 256, bits, group, seed=bits)
+    module = QuantLinear.from_format(fmt)
+    assert select_backend(fmt.meta(), torch.device("cpu"), torch.float32).name == "cpu"
+    x = torch.randn(3, 256)
+    w = fmt.dequantize()
+    assert ((module(x).double() - x.double() @ w.double().T).abs() <= int16_bound(x, w)).all()
+    assert not any(t.numel() == 72 * 256 and t.dtype == torch.float32 for t in module.buffers())
+
+
+def int16_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The integer-code kernel's stated tolerance: activations rounded to int16 per block of 32 (|error| <= max|x| of
+    the block / 65534), exact int32 sums, float32 after: sum over blocks of that error x sum|w| + float32 rounding."""
+    k = x.shape[1]
+    kp = -(-k // 32) * 32
+    xb = torch.nn.functional.pad(x.double().abs(), (0, kp - k)).view(x.shape[0], -1, 32).amax(-1) / 65534
+    wb = torch.nn.functional.pad(w.double().abs(), (0, kp - k)).view(w.shape[0], -1, 32).sum(-1)
+    return xb @ wb.T + k * 2.0 ** -23 * (x.double().abs() @ w.double().abs().T)
+
+
+@pytest.mark.parametrize("bits,group,n,k", [(2, 32, 40, 96), (3, 64, 33, 200), (4, 128, 72, 256), (5, 64, 100, 576),
+                                            (8, 32, 17, 64), (4, 128, 20, 100)])
+def test_integer_code_kernel_within_the_stated_bound(bits, group, n, k, ext):
+    if not ext.uniform_supported():
+        pytest.skip("no AVX512-VNNI: uniform layers run on the lookup tables over bit planes")
+    fmt = random_uniform(n, k, bits, group, seed=bits + k)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    assert type(state.plan).__name__ == "UniformPlan"
+    for m in (1, 2, 7):
+        x = torch.randn(m, k) * torch.rand(1, k) * 4  # blocks of unequal size: the per-block scale matters
+        exact = x.double() @ w.double().T
+        for isa in ("avx512", "scalar"):
+            y = cpu.lut_matmul(state, x, isa, poison=True)
+            assert ((y.double() - exact).abs() <= int16_bound(x, w)).all(), (isa, m)
