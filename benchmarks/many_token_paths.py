@@ -1,5 +1,5 @@
-"""Where each many-token path wins: the lookup-table kernel against the per-call bf16 dequantization + brgemm, per
-layer shape and token count, with F.linear float32 and bfloat16 on dense weights beside them (same process,
+"""Where each many-token path wins: the lookup-table kernel against the per-call dequantization + GEMM (bf16 brgemm
+where the CPU has AVX512-BF16, else float32 sgemm), per layer shape and token count, with F.linear float32 and bfloat16 on dense weights beside them (same process,
 interleaved rounds, median). The crossover sets LLMBIN_CPU_GEMM_MIN_TOKENS' default (dequant_gemm.h).
 
     OMP_NUM_THREADS=2 python benchmarks/many_token_paths.py --threads 2 --out benchmarks/results/many-token-paths
@@ -47,6 +47,9 @@ def main() -> None:
     from llmbin.runtime.kernel_bench import random_bitplane
     from llmbin.formats import UniformFormat
 
+    ext = cpu.load_extension()
+    table_isa = {1: "scalar", 2: "avx2", 3: "avx512"}[ext.best_isa()]
+    gemm_isa = "gemm" if ext.gemm_supported() else "sgemm"
     rows = []
     for n, k in SHAPES:
         if args.kind == "uniform4":
@@ -65,22 +68,22 @@ def main() -> None:
                 continue
             x = torch.randn(m, k)
             xb = x.bfloat16()
-            secs = median_seconds({"lut": lambda: cpu.lut_matmul(state, x, "avx512"),
-                                   "dequant+brgemm": lambda: cpu.lut_matmul(state, x, "gemm"),
+            secs = median_seconds({"lut": lambda: cpu.lut_matmul(state, x, table_isa),
+                                   "dequant+gemm": lambda: cpu.lut_matmul(state, x, gemm_isa),
                                    "F.linear fp32": lambda: F.linear(x, w),
                                    "F.linear bf16": lambda: F.linear(xb, wb)}, args.budget)
             row = {"shape": f"{n}x{k}", "tokens": m, **{f"{k_}_us": round(v * 1e6, 1) for k_, v in secs.items()},
-                   "winner": min(("lut", "dequant+brgemm"), key=secs.get), "loadavg": round(os.getloadavg()[0], 2)}
+                   "winner": min(("lut", "dequant+gemm"), key=secs.get), "loadavg": round(os.getloadavg()[0], 2)}
             rows.append(row)
             print(row, flush=True)
     meta = {"command": "python benchmarks/many_token_paths.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()), "cpu": cpu_name(), "threads": args.threads,
-            "torch": torch.__version__, "kind": args.kind, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "torch": torch.__version__, "kind": args.kind, "table_isa": table_isa, "gemm_isa": gemm_isa, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    cols = ["shape", "tokens", "lut_us", "dequant+brgemm_us", "F.linear fp32_us", "F.linear bf16_us", "winner", "loadavg"]
+    cols = ["shape", "tokens", "lut_us", "dequant+gemm_us", "F.linear fp32_us", "F.linear bf16_us", "winner", "loadavg"]
     with open(args.out + ".md", "w") as f:
-        f.write(f"# Many-token packed products: lookup tables vs dequantize + brgemm ({args.kind})\n\n"
+        f.write(f"# Many-token packed products: lookup tables ({table_isa}) vs dequantize + {gemm_isa} ({args.kind})\n\n"
                 f"Command: `{meta['command']}`\n\nCPU: {meta['cpu']}, {args.threads} threads, torch {torch.__version__}, "
                 f"{meta['when']}. Median of interleaved calls; microseconds per product.\n\n")
         f.write("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")

@@ -28,8 +28,15 @@ def isas():
     return [name for name, code in cpu.ISAS.items() if 0 < code <= ext.best_isa()]
 
 
+@pytest.fixture(scope="module")
+def many_token_isas(isas):
+    """The table kernels' ISAs and the float32 dequantize + sgemm path, which runs on every CPU."""
+    return isas + ["sgemm"]
+
+
 @pytest.mark.parametrize("case", full_grid(), ids=case_id)
-def test_matches_reference(case, isas):
+def test_matches_reference(case, many_token_isas):
+    isas = many_token_isas
     n, k, g, p, kind = case
     fmt = make_format(n, k, g, p, kind)
     state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
@@ -58,7 +65,8 @@ def test_quantlinear_selects_cpu_and_matches_torch_backend(isas, monkeypatch):
     assert rel_err(module(xt), xt @ fmt.dequantize().T + bias) <= 1e-5
 
 
-def test_token_chunks_and_every_isa_agree(isas):
+def test_token_chunks_and_every_isa_agree(many_token_isas):
+    isas = many_token_isas
     fmt = make_format(40, 4096, 128, 1, "pbllm")  # tables of 300 tokens exceed one 8 MB chunk
     state = cpu.prepare_state(QuantLinear.from_format(fmt))
     x = torch.randn(300, 4096)
@@ -67,7 +75,8 @@ def test_token_chunks_and_every_isa_agree(isas):
         assert rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref) <= 1e-5
 
 
-def test_rejects_what_it_cannot_run(isas):
+def test_rejects_what_it_cannot_run(isas, monkeypatch):
+    monkeypatch.setenv("LLMBIN_CPU_EXACT", "0")
     backend = cpu.CpuBackend()
     meta = make_format(8, 64, 32, 1, "plain").meta()
     assert backend.supports(meta, torch.device("cpu"), torch.float32) is None
@@ -75,6 +84,10 @@ def test_rejects_what_it_cannot_run(isas):
     assert "bitplane and uniform" in backend.supports({**meta, "format": "masked"}, torch.device("cpu"), torch.float32)
     uniform = {"format": "uniform", "version": 1, "out_features": 8, "in_features": 64, "bits": 4, "group_size": 32}
     assert backend.supports(uniform, torch.device("cpu"), torch.float32) is None  # GPTQ/RTN layers stay packed
+    monkeypatch.setenv("LLMBIN_CPU_EXACT", "1")
+    assert "reference" in backend.supports(uniform, torch.device("cpu"), torch.float32)
+    assert backend.supports({**uniform, "lut": True}, torch.device("cpu"), torch.float32) is None  # embeddings, head
+    monkeypatch.setenv("LLMBIN_CPU_EXACT", "0")
     assert "bits" in backend.supports({**uniform, "bits": 16}, torch.device("cpu"), torch.float32)
     assert "float64" in backend.supports(meta, torch.device("cpu"), torch.float64)
     assert "planes" in backend.supports({**meta, "num_planes": 5}, torch.device("cpu"), torch.float32)
@@ -140,11 +153,12 @@ def test_bench_command_writes_rows(isas, tmp_path):
 
 @pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 32), (4, 64), (4, -1), (5, 64), (6, -1), (8, -1), (8, 128)])
 @pytest.mark.parametrize("n,k", [(7, 32), (257, 544), (64, 96)])
-def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
+def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, many_token_isas, monkeypatch):
     """Integer layers (GPTQ/RTN, packed embeddings and heads) as one bit plane per code bit, vs fp32 math (where the
     CPU lacks AVX512-VNNI or groups are not whole 32-column blocks; test_kernels_cpu_gemm.py tests the VNNI kernel)."""
     from llmbin.methods.rtn import rtn_format
 
+    monkeypatch.setenv("LLMBIN_CPU_EXACT", "0")
     fmt = rtn_format(torch.randn(n, k), bits, group)
     module = QuantLinear.from_format(fmt)
     assert module.backend(torch.float32).name == "cpu"  # no dense copy: GPTQ/RTN layers stay packed
@@ -153,9 +167,34 @@ def test_uniform_layers_run_on_the_lut_kernel(bits, group, n, k, isas):
         for dtype in DTYPES:
             x = torch.randn(m, k).to(dtype)
             ref = reference(w, x)
-            for isa in isas:
+            for isa in many_token_isas:
                 err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref, w, x)
                 assert err <= TOL[dtype], f"{isa} {bits}-bit g{group} M={m} {dtype}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("kind,p", [("ptq161", 1), ("pbllm", 1), ("plain", 2)])
+def test_many_token_products_take_the_dequantize_gemm_path_by_themselves(kind, p, isas, monkeypatch):
+    """From gemm_min_tokens tokens on, an unforced product leaves the tables: where the CPU lacks AVX512-BF16 it is
+    the float32 sgemm (sparse outliers added as a dense correction), equal to the reference at float32 rounding,
+    for [batch, tokens, K] activations too; below the threshold it is the tables' result bit for bit."""
+    ext = cpu.load_extension()
+    if ext.gemm_supported():
+        pytest.skip("this CPU runs many-token products as bf16 brgemm (test_kernels_cpu_gemm.py)")
+    fmt = make_format(200, 352, 64, p, kind)  # 200 rows: a partial last row block
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    before = ext.gemm_min_tokens()
+    ext.set_gemm_min_tokens(16)
+    try:
+        x = torch.randn(3, 20, 352)
+        y = cpu.lut_matmul(state, x, poison=True)
+        assert y.shape == (3, 20, 200)
+        assert rel_err(y, reference(w, x.reshape(-1, 352)).reshape(3, 20, 200)) <= 1e-5
+        assert torch.equal(y, cpu.lut_matmul(state, x, "sgemm"))
+        assert not torch.equal(y, cpu.lut_matmul(state, x, isas[-1]))  # not the tables: another summation order
+        few = torch.randn(15, 352)
+        assert torch.equal(cpu.lut_matmul(state, few), cpu.lut_matmul(state, few, isas[-1]))
+    finally:
+        ext.set_gemm_min_tokens(before)
 
 
 def test_compiled_op_finds_the_plan_by_key_and_refuses_freed_ones(isas):

@@ -28,11 +28,19 @@ def ext():
     return ext
 
 
+@pytest.fixture(autouse=True)
+def fast_paths(monkeypatch):
+    monkeypatch.setenv("LLMBIN_CPU_EXACT", "0")  # conftest.py keeps the rest of the suite on the float32 paths
+
+
 @pytest.fixture
 def gemm(ext):
     if not ext.gemm_supported():
-        pytest.skip("this CPU has no AVX512-BF16 brgemm: many-token products stay on the lookup tables")
-    return ext
+        pytest.skip("this CPU has no AVX512-BF16 brgemm: many-token products take the float32 sgemm (test_kernels_cpu.py)")
+    before = ext.gemm_min_tokens()
+    ext.set_gemm_min_tokens(16)  # the default, whatever the process was configured with
+    yield ext
+    ext.set_gemm_min_tokens(before)
 
 
 def gemm_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,11 @@
 // Rounding: every weight value (offset + its planes' scales, summed in float32) and every gathered activation is
 // rounded to bf16 (relative error <= 2^-9 each), products are exact in float32 and summed in float32, so
 // |y - y_exact| <= (2^-8 + 2^-16) * sum_k |x_k| |w_k| + float32 summation error. Tests hold the kernel to it.
+//
+// CPUs without AVX512-BF16 (AMD Zen 3, older Xeons) take the float32 twin, dequant_sgemm: tiles of float32 weights
+// [64 rows][slots] and torch's sgemm. Its weights are the reference's own values, so it differs from the torch
+// backend only in summation order; it wins over the tables because an FMA serves 8 weights x 1 token per
+// instruction for every token, where the tables pay their build and bit extraction again for each token.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -124,6 +129,90 @@ void dequant_gemm(const Fill& fill, int64_t NB, const float* x, int64_t K, int64
 #else
   TORCH_CHECK(false, "the dequantize + GEMM path needs x86 with AVX512-BF16");
 #endif
+}
+
+// One row block (16 rows) of one segment into float32 rows [rows][slots] at row col0: the values the reference
+// dequantizes (offset + the set planes' scales), 32 columns per word.
+void dequant_block_f32_scalar(const Segment& s, int64_t nb, int64_t col0, float* rows, int64_t slots) {
+  const int64_t KW = s.ng * s.wpg;
+  for (int64_t g = 0; g < s.ng; ++g)
+    for (int64_t r = 0; r < kRows; ++r) {
+      const float off = s.offsets ? s.offsets[(nb * s.ng + g) * kRows + r] : 0.f;
+      for (int64_t w = g * s.wpg; w < (g + 1) * s.wpg; ++w) {
+        float* out = rows + (col0 + r) * slots + (s.word0 + w) * 32;
+        for (int j = 0; j < 32; ++j) out[j] = off;
+        for (int64_t p = 0; p < s.P; ++p) {
+          const uint32_t bits = static_cast<uint32_t>(s.words[((nb * KW + w) * s.P + p) * kRows + r]);
+          const float sc = s.scales[((nb * s.ng + g) * s.P + p) * kRows + r];
+          for (int j = 0; j < 32; ++j) out[j] += ((bits >> j) & 1u) ? sc : 0.f;
+        }
+      }
+    }
+}
+
+#ifdef LLMBIN_X86
+// 8 columns per instruction: a word's bit j selects its plane's scale in lane j % 8 of pass j / 8
+__attribute__((target("avx2,fma"))) void dequant_block_f32_avx2(const Segment& s, int64_t nb, int64_t col0, float* rows,
+                                                                int64_t slots) {
+  const int64_t KW = s.ng * s.wpg;
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  for (int64_t g = 0; g < s.ng; ++g)
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m256 off = _mm256_set1_ps(s.offsets ? s.offsets[(nb * s.ng + g) * kRows + r] : 0.f);
+      __m256 sc[8];
+      for (int64_t p = 0; p < s.P; ++p) sc[p] = _mm256_set1_ps(s.scales[((nb * s.ng + g) * s.P + p) * kRows + r]);
+      for (int64_t w = g * s.wpg; w < (g + 1) * s.wpg; ++w) {
+        float* out = rows + (col0 + r) * slots + (s.word0 + w) * 32;
+        __m256 v[4] = {off, off, off, off};
+        for (int64_t p = 0; p < s.P; ++p) {
+          const uint32_t bits = static_cast<uint32_t>(s.words[((nb * KW + w) * s.P + p) * kRows + r]);
+          for (int q = 0; q < 4; ++q) {
+            const __m256i b = _mm256_set1_epi32(static_cast<int32_t>((bits >> (8 * q)) & 0xffu));
+            const __m256 set = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, lane_bit), lane_bit));
+            v[q] = _mm256_add_ps(v[q], _mm256_and_ps(set, sc[p]));
+          }
+        }
+        for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + 8 * q, v[q]);
+      }
+    }
+}
+#endif
+
+void dequant_block_f32(const Segment& s, int64_t nb, int64_t col0, float* rows, int64_t slots) {
+#ifdef LLMBIN_X86
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && s.P <= 8) return dequant_block_f32_avx2(s, nb, col0, rows, slots);
+#endif
+  dequant_block_f32_scalar(s, nb, col0, rows, slots);
+}
+
+// dequant_gemm's float32 twin (any CPU): the layer dequantized chunk by chunk of rows into a reused buffer (~4 MB,
+// so a chunk stays in cache), each chunk one multithreaded sgemm; fill(nb, row0, rows) writes row block nb as
+// float32 rows of `slots` values.
+template <typename Fill>
+void dequant_sgemm(const Fill& fill, int64_t NB, const float* x, int64_t K, int64_t M, const int32_t* gidx,
+                   const float* gscale, int64_t slots, float* y) {
+  at::Tensor xg = at::empty({M, slots}, at::kFloat);
+  float* a = xg.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t k = 0; k < slots; ++k) a[m * slots + k] = gidx[k] >= 0 ? x[m * K + gidx[k]] * gscale[k] : 0.f;
+  });
+  const int64_t ldy = NB * kRows, chunk_blocks = std::max<int64_t>(4, (int64_t{1} << 20) / (slots * kRows));
+  const at::Tensor yt = at::from_blob(y, {M, ldy}, at::kFloat);
+  thread_local std::vector<float> buffer;
+  const int64_t chunk_rows = std::min(NB, chunk_blocks) * kRows;
+  if (static_cast<int64_t>(buffer.size()) < chunk_rows * slots) buffer.resize(chunk_rows * slots);
+  float* const buf = buffer.data();  // the caller's: a thread_local named inside the lambda would be each worker's
+  for (int64_t b0 = 0; b0 < NB; b0 += chunk_blocks) {
+    const int64_t b1 = std::min(NB, b0 + chunk_blocks);
+    at::parallel_for(b0, b1, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t nb = c0; nb < c1; ++nb) fill(nb, (nb - b0) * kRows, buf);
+    });
+    const at::Tensor w = at::from_blob(buf, {(b1 - b0) * kRows, slots}, at::kFloat);
+    at::Tensor out = yt.narrow(1, b0 * kRows, (b1 - b0) * kRows);
+    at::mm_out(out, xg, w.t());  // ATen writes the strided view in place (BLAS ldc = ldy)
+  }
 }
 
 }  // namespace

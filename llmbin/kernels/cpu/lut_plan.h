@@ -91,7 +91,8 @@ struct Plan : PackedPlan {
                 "expected CPU activations [..., ", K, "]");
     TORCH_CHECK(isa != kGemm || gemm_supported(), "the dequantize + GEMM path needs AVX512-BF16 and oneDNN's brgemm");
     if (isa == kAuto) isa = best_isa();
-    TORCH_CHECK((isa >= kScalar && isa <= best_isa()) || isa == kGemm, "requested ISA ", isa, " is not supported by this CPU");
+    TORCH_CHECK((isa >= kScalar && isa <= best_isa()) || isa == kGemm || isa == kSgemm,
+                "requested ISA ", isa, " is not supported by this CPU");
     // A decode step makes ~200 of these calls of a few us each: float32 contiguous input, an output in its final
     // shape and a reused per-thread workspace skip the ATen calls (~0.3-0.5 us each) a general input needs.
     const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
@@ -128,6 +129,15 @@ struct Plan : PackedPlan {
         at::parallel_for(0, M, 64, [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) run_sparse(xp + t * K, y.data_ptr<float>() + t * NB * kRows, 0, N, best_isa());
         });
+      return finish(y, x_in, sizes, M, in_place);
+    }
+    if (isa == kSgemm || (auto_isa && M >= gemm_min_tokens() && !gemm_supported())) {
+      const int64_t slots = words_per_token * 32;
+      const auto fill = [&](int64_t nb, int64_t col0, float* tile) {
+        for (const Segment& s : segs) dequant_block_f32(s, nb, col0, tile, slots);
+      };
+      dequant_sgemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), slots, y.data_ptr<float>());
+      if (sparse) sparse_as_dense(x, y);
       return finish(y, x_in, sizes, M, in_place);
     }
     for (int64_t m0 = 0; m0 < M; m0 += chunk) {
@@ -193,6 +203,31 @@ struct Plan : PackedPlan {
     if (in_place) return y;
     at::Tensor out = NB * kRows == N ? y : y.narrow(1, 0, N);
     return out.to(x_in.scalar_type()).reshape(sizes);
+  }
+
+  // y[M][NB*16] += x . S^T for many tokens: the sparse rows scattered chunk by chunk into a dense float32 matrix and
+  // multiplied by sgemm (per-token sparse dot products cost ~8x the dense product they correct)
+  void sparse_as_dense(const at::Tensor& x, const at::Tensor& y) const {
+    const at::Half* v = sp_values.data_ptr<at::Half>();
+    const int32_t* rp = sp_rowptr.data_ptr<int32_t>();
+    const bool narrow = sp_colidx.scalar_type() == at::kShort;
+    const int16_t* c16 = narrow ? sp_colidx.data_ptr<int16_t>() : nullptr;
+    const int32_t* c32 = narrow ? nullptr : sp_colidx.data_ptr<int32_t>();
+    const int64_t chunk = std::max<int64_t>(16, (int64_t{1} << 20) / K);
+    const at::Tensor x2 = x.view({-1, K}), y2 = y.view({-1, NB * kRows});
+    at::Tensor dense = at::empty({std::min(chunk, N), K}, at::kFloat);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+      const int64_t n1 = std::min(N, n0 + chunk);
+      at::Tensor rows = dense.narrow(0, 0, n1 - n0);
+      rows.zero_();
+      float* d = rows.data_ptr<float>();
+      for (int64_t n = n0; n < n1; ++n)
+        for (int32_t e = rp[n]; e < rp[n + 1]; ++e) {
+          d[(n - n0) * K + (narrow ? c16[e] : c32[e])] += static_cast<float>(v[e]);
+        }
+      at::Tensor out = y2.narrow(1, n0, n1 - n0);
+      out.addmm_(x2, rows.t());
+    }
   }
 
   void run_sparse(const float* x, float* y, int64_t n0, int64_t n1, int64_t isa) const {
