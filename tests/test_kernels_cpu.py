@@ -36,7 +36,6 @@ def many_token_isas(isas):
 
 @pytest.mark.parametrize("case", full_grid(), ids=case_id)
 def test_matches_reference(case, many_token_isas):
-    isas = many_token_isas
     n, k, g, p, kind = case
     fmt = make_format(n, k, g, p, kind)
     state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
@@ -44,7 +43,7 @@ def test_matches_reference(case, many_token_isas):
         for dtype in DTYPES:
             x = torch.randn(m, k).to(dtype)  # fresh inputs every run
             ref = reference(w, x)
-            for isa in isas:
+            for isa in many_token_isas:
                 err = rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref, w, x)
                 assert err <= TOL[dtype], f"{isa} M={m} {dtype}: rel err {err:.2e}"
 
@@ -66,12 +65,11 @@ def test_quantlinear_selects_cpu_and_matches_torch_backend(isas, monkeypatch):
 
 
 def test_token_chunks_and_every_isa_agree(many_token_isas):
-    isas = many_token_isas
     fmt = make_format(40, 4096, 128, 1, "pbllm")  # tables of 300 tokens exceed one 8 MB chunk
     state = cpu.prepare_state(QuantLinear.from_format(fmt))
     x = torch.randn(300, 4096)
     ref = reference(fmt.dequantize(), x)
-    for isa in isas:
+    for isa in many_token_isas:
         assert rel_err(cpu.lut_matmul(state, x, isa, poison=True), ref) <= 1e-5
 
 

@@ -6,7 +6,7 @@ Otherwise prepare() takes the segments of layout.py (binarized planes, and the 4
 padded to whole words; one gather index applying perm/in_scale/padding; a `uniform` integer layer as one plane
 per code bit) and interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
 scales [NB, groups, P, 16] and offsets [NB, groups, 16] float32, out_scale folded in.
-`LLMBIN_CPU_ISA=scalar|avx2|avx512|gemm` forces a code path (default: the best this CPU has). From
+`LLMBIN_CPU_ISA=scalar|avx2|avx512|gemm|sgemm` forces a code path (default: the best this CPU has). From
 `LLMBIN_CPU_GEMM_MIN_TOKENS` tokens on (default 16; 0 = never), a product runs as a per-call bf16 dequantization
 of the layer + oneDNN's brgemm instead (dequant_gemm.h; CPUs with AVX512-BF16; elsewhere a float32 dequantization
 + sgemm), which says once that it does.

@@ -11,8 +11,8 @@
 // rounded to bf16 (relative error <= 2^-9 each), products are exact in float32 and summed in float32, so
 // |y - y_exact| <= (2^-8 + 2^-16) * sum_k |x_k| |w_k| + float32 summation error. Tests hold the kernel to it.
 //
-// CPUs without AVX512-BF16 (AMD Zen 3, older Xeons) take the float32 twin, dequant_sgemm: tiles of float32 weights
-// [64 rows][slots] and torch's sgemm. Its weights are the reference's own values, so it differs from the torch
+// CPUs without AVX512-BF16 (AMD Zen 3, older Xeons) take the float32 twin, dequant_sgemm: the layer as float32 rows
+// in ~4 MB chunks, each one multithreaded sgemm. Its weights are the reference's own values, so it differs from the torch
 // backend only in summation order; it wins over the tables because an FMA serves 8 weights x 1 token per
 // instruction for every token, where the tables pay their build and bit extraction again for each token.
 #pragma once
