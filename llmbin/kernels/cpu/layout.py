@@ -110,13 +110,15 @@ def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
     buf = {name: b.detach().cpu() for name, b in buffers.items()}
     n, k, bits = meta["out_features"], meta["in_features"], meta["bits"]
     g = min(meta["group_size"], k)
-    codes = unpack_codes(buf["qweight"], bits, k)
+    codes = unpack_codes(buf["qweight"], bits, k).to(torch.int32 if bits > 8 else torch.uint8)
     s, z = buf["scales"].float(), buf["zeros"].float()
     pos = group_positions(k, g)
     segments, src = [], []
     for first in range(0, bits, 4):
         planes = torch.arange(first, min(first + 4, bits))
-        words, ng, wpg = group_words(pack_codes((codes[None] >> planes[:, None, None]) & 1, 1), k, g)
+        # one plane at a time in bytes: the planes of a whole head at once in int64 peaked at gigabytes
+        packed = torch.stack([pack_codes((codes >> int(b)) & 1, 1) for b in planes])
+        words, ng, wpg = group_words(packed, k, g)
         scales = s[None] * (2.0 ** planes.float())[:, None, None]
         offsets = (-z * s).contiguous() if first == 0 else None
         segments.append(Segment(words.contiguous(), scales.contiguous(), offsets, ng, wpg))
