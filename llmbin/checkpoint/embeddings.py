@@ -48,7 +48,8 @@ def install_packed_embeddings(model: nn.Module, record: dict | None) -> None:
         _check_matrix(old, inp["meta"], inp["module"])
         old_w = getattr(old, "weight", None)
         packed = QuantEmbedding(inp["meta"], getattr(old, "padding_idx", None),
-                                old_w.dtype if old_w is not None else torch.float32, lookup_scale(old) or 1.0)
+                                old_w.dtype if old_w is not None else torch.float32, lookup_scale(old) or 1.0,
+                                device=old_w.device if old_w is not None else None)  # "meta" while transformers loads
         packed._is_hf_initialized = True
         set_submodule(model, inp["module"], packed)
     if out:
@@ -64,7 +65,8 @@ def install_packed_embeddings(model: nn.Module, record: dict | None) -> None:
             old = existing_module(model, out["module"])
             _check_matrix(old, out["meta"], out["module"])
             bias = getattr(old, "bias", None)
-            head = QuantLinear(out["meta"], bias is not None, bias.dtype if bias is not None else torch.float32)
+            head = QuantLinear(out["meta"], bias is not None, bias.dtype if bias is not None else torch.float32,
+                               device=old.weight.device)
         head._is_hf_initialized = True
         set_submodule(model, out["module"], head)
 

@@ -98,7 +98,9 @@ def convert_to_quant_linears(model, modules: dict) -> None:
                               "corrupted or from another model")
         bias = getattr(old, "bias", None)
         dtype = bias.dtype if bias is not None else torch.float32
-        set_submodule(model, name, QuantLinear(meta, bias is not None, dtype, device=bias.device if bias is not None else None))
+        # on the skeleton's device: transformers builds it on "meta" and assigns the checkpoint's tensors, so buffers
+        # allocated on the CPU here were zero-filled copies of the whole checkpoint that only raised the peak
+        set_submodule(model, name, QuantLinear(meta, bias is not None, dtype, device=old.weight.device))
     # Every tensor of the decoder layers comes from the checkpoint (validated before loading), so
     # transformers' random re-initialisation of "missing" weights must not touch them (QuantLinear has no .weight).
     for module in layers.modules():
