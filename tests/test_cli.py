@@ -112,3 +112,26 @@ def test_method_without_recipe_uses_the_shipped_recipe_of_its_name(tiny_llama_di
 
     assert got.preprocess.pass1_epochs == shipped["preprocess"].get("pass1_epochs", LoRAPreprocess().pass1_epochs)
     assert seen["gptq"].params == Recipe.create("gptq").params
+
+
+def test_methods_lists_what_each_shipped_recipe_runs():
+    """`llmbin methods` names every shipped recipe and its stages, read against the YAML files themselves: the
+    recipes that run the distillation stage say so, with their window count."""
+    import yaml
+
+    import llmbin
+
+    result = run("methods")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for path in sorted((Path(llmbin.__file__).parent / "recipes").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        distill = data.get("distill") or {}
+        # a recipe named like its method shows on the method's line; the others each get a line of their own
+        line = next(i for i, l in enumerate(lines) if l.split() and l.split()[0] == path.stem)
+        runs = lines[line] if path.stem != data["method"] else lines[line + 1]
+        assert "runs:" in runs, runs
+        if distill.get("enabled"):
+            assert f"distillation ({distill.get('nsamples', 64)} x" in runs, runs
+        else:
+            assert "distillation" not in runs, runs

@@ -9,6 +9,7 @@ from ..formats import FORMATS
 from ..methods import METHODS
 from ..models.loading import BUNDLED
 from ..recipe import Recipe
+from ..recipe.recipe import SHIPPED_DIR
 
 
 @click.command("methods")
@@ -21,6 +22,12 @@ def methods_command():
         values = ", ".join(f"{f.name}={getattr(params, f.name)!r}" for f in dataclasses.fields(cls.params_cls))
         click.echo(f"{'':8s}   runs: {stages(Recipe.default_for(name))}")
         click.echo(f"{'':8s}   parameters ({source}): {values}")
+    others = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml") if p.stem not in METHODS)
+    if others:
+        click.echo("\nShipped recipes (--recipe NAME):")
+        for name in others:
+            recipe = Recipe.load(name)
+            click.echo(f"{name:14s} method {recipe.method}; runs: {stages(recipe)}")
 
 
 def stages(recipe: Recipe) -> str:
