@@ -120,6 +120,7 @@ def test_methods_lists_what_each_shipped_recipe_runs():
     import yaml
 
     import llmbin
+    from llmbin.distill.options import DistillOptions
 
     result = run("methods")
     assert result.exit_code == 0, result.output
@@ -132,6 +133,6 @@ def test_methods_lists_what_each_shipped_recipe_runs():
         runs = lines[line] if path.stem != data["method"] else lines[line + 1]
         assert "runs:" in runs, runs
         if distill.get("enabled"):
-            assert f"distillation ({distill.get('nsamples', 64)} x" in runs, runs
+            assert f"distillation ({distill.get('nsamples', DistillOptions().nsamples)} x" in runs, runs
         else:
             assert "distillation" not in runs, runs

@@ -9,7 +9,7 @@ from ..formats import FORMATS
 from ..methods import METHODS
 from ..models.loading import BUNDLED
 from ..recipe import Recipe
-from ..recipe.recipe import SHIPPED_DIR
+from ..recipe.recipe import shipped_recipe_names
 
 
 @click.command("methods")
@@ -22,7 +22,7 @@ def methods_command():
         values = ", ".join(f"{f.name}={getattr(params, f.name)!r}" for f in dataclasses.fields(cls.params_cls))
         click.echo(f"{'':8s}   runs: {stages(Recipe.default_for(name))}")
         click.echo(f"{'':8s}   parameters ({source}): {values}")
-    others = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml") if p.stem not in METHODS)
+    others = [name for name in shipped_recipe_names() if name not in METHODS]
     if others:
         click.echo("\nShipped recipes (--recipe NAME):")
         for name in others:

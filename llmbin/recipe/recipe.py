@@ -22,6 +22,10 @@ RECIPE_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent.parent / "recipes"  # the recipes `--recipe NAME` finds
 
 
+def shipped_recipe_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+
+
 def _coerce(value, like):
     if not isinstance(value, str):
         return value
@@ -132,8 +136,8 @@ class Recipe:
         if not path.exists():
             path = SHIPPED_DIR / f"{ref.removesuffix('.yaml')}.yaml"
         if not path.exists():
-            shipped = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
-            raise LlmbinError(f"recipe {ref!r} is neither a file nor a shipped recipe ({', '.join(shipped)})")
+            raise LlmbinError(f"recipe {ref!r} is neither a file nor a shipped recipe "
+                              f"({', '.join(shipped_recipe_names())})")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
