@@ -141,13 +141,36 @@ def int16_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                                             (8, 32, 17, 64), (4, 128, 20, 100)])
 def test_integer_code_kernel_within_the_stated_bound(bits, group, n, k, ext):
     if not ext.uniform_supported():
-        pytest.skip("no AVX512-VNNI: uniform layers run on the lookup tables over bit planes")
+        pytest.skip("no AVX2 or AVX512-VNNI: uniform layers run on the lookup tables over bit planes")
     fmt = random_uniform(n, k, bits, group, seed=bits + k)
     state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
     assert type(state.plan).__name__ == "UniformPlan"
+    isas = ["scalar", "avx2"] + (["avx512"] if ext.uniform_isa() == "avx512-vnni" else [])
     for m in (1, 2, 7):
         x = torch.randn(m, k) * torch.rand(1, k) * 4  # blocks of unequal size: the per-block scale matters
         exact = x.double() @ w.double().T
-        for isa in ("avx512", "scalar"):
+        for isa in isas:
             y = cpu.lut_matmul(state, x, isa, poison=True)
             assert ((y.double() - exact).abs() <= int16_bound(x, w)).all(), (isa, m)
+        # the many-token float32 path (dequantize + sgemm, every CPU): the reference's weights up to the rounding of
+        # q * s - z * s, summed in another order
+        y = cpu.lut_matmul(state, x, "sgemm", poison=True)
+        assert rel_err(y, x @ w.T, w, x) <= 1e-5, m
+
+
+def test_integer_code_kernel_takes_many_tokens_to_sgemm_without_bf16(ext):
+    """Without AVX512-BF16, from the token threshold on a uniform layer runs as dequantize + sgemm, bit for bit the
+    forced path; below it, the integer kernel."""
+    if not ext.uniform_supported() or ext.gemm_supported():
+        pytest.skip("needs the integer kernel on a CPU without AVX512-BF16")
+    fmt = random_uniform(48, 320, 4, 64, seed=3)
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    before = ext.gemm_min_tokens()
+    ext.set_gemm_min_tokens(16)
+    try:
+        many = torch.randn(16, 320)
+        assert torch.equal(cpu.lut_matmul(state, many), cpu.lut_matmul(state, many, "sgemm"))
+        vector = "avx2" if ext.uniform_isa() == "avx2" else "avx512"
+        assert torch.equal(cpu.lut_matmul(state, many[:15]), cpu.lut_matmul(state, many[:15], vector))
+    finally:
+        ext.set_gemm_min_tokens(before)

@@ -1,4 +1,4 @@
-"""The process's memory: its peak, and freed heap handed back to the system.
+"""The process's memory: its peak, freed heap handed back to the system, and mapped checkpoint pages dropped.
 
 glibc keeps freed blocks below its (self-raising) mmap threshold in the process heap, and returns heap pages only
 from the top: a layer-by-layer run that frees each layer's temporaries (Hessians, fake-quant copies, activations)
@@ -13,7 +13,7 @@ try:
     _LIBC = ctypes.CDLL("libc.so.6")
     _TRIM = _LIBC.malloc_trim
 except (OSError, AttributeError):  # not glibc: nothing to trim
-    _TRIM = None
+    _LIBC = _TRIM = None
 
 
 def release_freed_memory() -> bool:
@@ -31,3 +31,50 @@ def release_freed_memory() -> bool:
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim now; clean file pages are dropped, written ones kept (or swapped)
+
+
+def _file_maps() -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of files (Linux)."""
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return []
+    maps = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and parts[5].startswith("/"):
+            start, end = (int(v, 16) for v in parts[0].split("-"))
+            maps.append((start, end))
+    return maps
+
+
+def release_mapped_pages(tensors) -> int:
+    """Reclaim this process's resident pages of the file mappings that back `tensors` (a checkpoint's shards, mapped
+    by safetensors); -> bytes advised.
+
+    Once a kernel has repacked a layer into its own buffers, the mapped on-disk tensors are read again only to save
+    or re-prepare the model: keeping them resident doubles a packed model's memory. MADV_PAGEOUT drops a page only
+    where that loses nothing (an unwritten page of a file: a later read faults it back from the page cache or the
+    file; a written copy-on-write page is kept or swapped). Not Linux, an older kernel or no libc: nothing is
+    reclaimed, which costs memory only.
+    """
+    if _LIBC is None:
+        return 0
+    maps = _file_maps()
+    page = resource.getpagesize()
+    ranges = set()
+    for t in tensors:
+        storage = t.untyped_storage()
+        ptr, size = storage.data_ptr(), storage.nbytes()
+        for start, end in maps:
+            if start <= ptr and ptr + size <= end:
+                ranges.add((ptr // page * page, min(end, -(-(ptr + size) // page) * page)))
+                break
+    advised = 0
+    for lo, hi in sorted(ranges):
+        if _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT) == 0:
+            advised += hi - lo
+    return advised

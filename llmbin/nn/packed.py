@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..formats import PackedFormat, format_from_meta
+from ..host.memory import release_freed_memory, release_mapped_pages
 from ..kernels import select_backend
 
 
@@ -47,6 +48,9 @@ class PackedMatrix(nn.Module):
         if key not in self._prepared:
             backend = self.backend(dtype)
             self._prepared[key] = (backend, backend.prepare(self))
+            if getattr(backend, "owns_weights", False):  # its plan holds the weights: the mapped shard pages can go,
+                release_mapped_pages(self.buffers(recurse=False))
+                release_freed_memory()  # and the repack's temporaries (a head's codes as int32: ~4x its plan)
         return self._prepared[key]
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:

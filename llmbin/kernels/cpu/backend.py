@@ -1,7 +1,7 @@
 """The CPU backend: a lookup-table GEMV/GEMM over bit planes (lut_kernels.h), driven by the extension's Plan.
 
 `uniform` (GPTQ/RTN, packed embeddings and heads) layers with groups of whole 32-column blocks run on the
-integer-code kernel instead (uniform_kernels.h: int16 activations x codes on AVX512-VNNI; layout.uniform_codes).
+integer-code kernel instead (uniform_kernels.h: int16 activations x codes, AVX512-VNNI or AVX2; layout.uniform_codes).
 Otherwise prepare() takes the segments of layout.py (binarized planes, and the 4-bit salient block as 4 more planes; groups
 padded to whole words; one gather index applying perm/in_scale/padding; a `uniform` integer layer as one plane
 per code bit) and interleaves rows 16 at a time for the kernel: words [NB, KW, P, 16] int32 (NB = ceil(N / 16)),
@@ -77,7 +77,8 @@ def many_token_paths(ext) -> str:
     """Which kernel runs a product of how many tokens here, and why (said once per process by prepare_state)."""
     table = f"the lookup-table kernel ({ {1: 'scalar', 2: 'avx2', 3: 'avx512'}[ext.best_isa()] })"
     if ext.uniform_supported():
-        table += " (integer-code layers: the AVX512-VNNI kernel, int16 activations, |error| <= max|x| / 65534 each)"
+        table += (f" (integer-code layers: the {ext.uniform_isa().upper()} integer kernel, int16 activations, "
+                  "|error| <= max|x| / 65534 each)")
     if exact_only():
         return "packed CPU products run on the float32 paths only (LLMBIN_CPU_EXACT=1)"
     if ext.gemm_min_tokens() > 1 << 40:
@@ -119,7 +120,7 @@ def prepare_state(module, isa: str | None = None, bitplanes: bool = False) -> Cp
     buffers = {n: b for n, b in module.named_buffers(recurse=False) if not n.startswith("_")}
     meta = module.meta
     whole_blocks = meta.get("group_size", 0) % 32 == 0 or meta.get("group_size", 0) >= meta["in_features"]
-    if (meta["format"] == "uniform" and not bitplanes and not exact_only() and isa in ("auto", "avx512", "scalar", "gemm")
+    if (meta["format"] == "uniform" and not bitplanes and not exact_only()
             and ext.uniform_supported() and whole_blocks):
         codes, scales, zscales, nibbles = uniform_codes(meta, buffers)
         plan = ext.UniformPlan(codes, scales, zscales, meta["out_features"], meta["in_features"],
@@ -146,6 +147,7 @@ def lut_matmul(state: CpuState, x: torch.Tensor, isa: str | None = None, poison:
 class CpuBackend:
     name = "cpu"
     priority = 10
+    owns_weights = True  # forward reads its plan only, never the module's buffers
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def supports(self, meta: dict, device: torch.device, dtype: torch.dtype) -> str | None:

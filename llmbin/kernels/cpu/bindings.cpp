@@ -38,7 +38,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("key", &UniformPlan::key)
       .def("forward", &UniformPlan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0,
            pybind11::arg("poison") = false, pybind11::call_guard<pybind11::gil_scoped_release>());
-  m.def("uniform_supported", &vnni_supported, "whether integer-code layers can run on the AVX512-VNNI kernel");
+  m.def("uniform_supported", &uniform_supported, "whether integer-code layers can run on their own kernel (AVX2 or AVX512-VNNI)");
+  m.def("uniform_isa", [] { return vnni_supported() ? std::string("avx512-vnni") : avx2_supported() ? std::string("avx2") : std::string(); },
+        "which vector path the integer-code kernel takes here");
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
   m.def("gemm_supported", &gemm_supported, "whether many-token products can run as dequantize + bf16 brgemm");
   m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },

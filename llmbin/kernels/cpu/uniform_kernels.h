@@ -1,4 +1,5 @@
-// Integer-code (`uniform`: RTN/GPTQ, packed embeddings and heads) products on AVX512-VNNI.
+// Integer-code (`uniform`: RTN/GPTQ, packed embeddings and heads) products on AVX512-VNNI, and on AVX2 (vpmaddwd:
+// the same int16 x code pairs summed exactly in int32, 8 rows per register instead of 16).
 //
 // A token's activations are quantized to int16 per block of 32 (scale = max|x| / 32767: error <= max|x| / 65534 per
 // activation, far below bf16's 2^-9), and vpdpwssd multiplies 16 rows x 2 codes by a broadcast activation pair per
@@ -162,8 +163,101 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
     }
   }
 }
+bool avx2_supported() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+// uniform_rows_vnni's arithmetic on AVX2: a line's 16 bytes of rows 0-7 and of rows 8-15 each widen to one register
+// of 8 rows x a k pair, vpmaddwd multiplies it by the broadcast activation pair and sums the pair (exact: both
+// products < 2^23). RB = 2 keeps the 3 x 2 x RB accumulators within AVX2's 16 registers.
+template <int RB, bool NIB>
+__attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L, const int16_t* xq, const float* xs,
+                                                          const float* xsum, int64_t nb, float* y) {
+  const __m256i low = _mm256_set1_epi16(15);
+  __m256 yacc[RB][2];
+  for (int r = 0; r < RB; ++r) yacc[r][0] = yacc[r][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < L.ng; ++g) {
+    __m256 gacc[RB][2];
+    for (int r = 0; r < RB; ++r) gacc[r][0] = gacc[r][1] = _mm256_setzero_ps();
+    for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
+      const int32_t* pairs = reinterpret_cast<const int32_t*>(xq + b * 32);
+      __m256i acc[RB][2];
+      for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+      if constexpr (NIB) {
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) {
+          const __m256i xlo = _mm256_set1_epi32(pairs[2 * q]), xhi = _mm256_set1_epi32(pairs[2 * q + 1]);
+          for (int r = 0; r < RB; ++r)
+            for (int h = 0; h < 2; ++h) {
+              const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                  reinterpret_cast<const __m128i*>(L.codes + ((nb + r) * L.lines + b * 8 + q) * 32 + 16 * h)));
+              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_and_si256(w, low), xlo));
+              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_srli_epi16(w, 4), xhi));
+            }
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) {
+          const __m256i xp = _mm256_set1_epi32(pairs[j]);
+          for (int r = 0; r < RB; ++r)
+            for (int h = 0; h < 2; ++h) {
+              const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                  reinterpret_cast<const __m128i*>(L.codes + ((nb + r) * L.lines + b * 16 + j) * 32 + 16 * h)));
+              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(w, xp));
+            }
+        }
+      }
+      const __m256 scale = _mm256_set1_ps(xs[b]);
+      for (int r = 0; r < RB; ++r)
+        for (int h = 0; h < 2; ++h) gacc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale, gacc[r][h]);
+    }
+    const __m256 sum = _mm256_set1_ps(xsum[g]);
+    for (int r = 0; r < RB; ++r)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t at = ((nb + r) * L.ng + g) * kRows + 8 * h;
+        yacc[r][h] = _mm256_fmadd_ps(gacc[r][h], _mm256_loadu_ps(L.scales + at), yacc[r][h]);
+        yacc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(L.zscales + at), sum, yacc[r][h]);
+      }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + r * kRows + 8 * h, yacc[r][h]);
+}
 #else
 bool vnni_supported() { return false; }
+bool avx2_supported() { return false; }
 #endif
+
+bool uniform_supported() { return vnni_supported() || avx2_supported(); }
+
+// Row block nb as float32 rows of KB*32 values (q * scale - zero * scale; the padding past K meets zero activations)
+// at rows[(col0 + r) * slots]:
+// dequant_sgemm's fill on CPUs without AVX512-BF16. A row's codes are gathered from the interleaved lines a block
+// of 32 at a time, then converted in one loop the compiler vectorizes.
+void uniform_block_f32(const UniformLayer& L, int64_t nb, int64_t col0, float* rows, int64_t slots) {
+  const uint8_t* base = L.codes + nb * L.lines * 32;
+  uint8_t c[32];
+  for (int64_t r = 0; r < kRows; ++r) {
+    float* out = rows + (col0 + r) * slots;
+    for (int64_t g = 0; g < L.ng; ++g) {
+      const float s = L.scales[(nb * L.ng + g) * kRows + r], zs = L.zscales[(nb * L.ng + g) * kRows + r];
+      for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
+        if (L.nibbles) {
+          for (int q = 0; q < 8; ++q) {
+            const uint8_t* pair = base + (b * 8 + q) * 32 + 2 * r;
+            c[4 * q] = pair[0] & 15, c[4 * q + 1] = pair[1] & 15, c[4 * q + 2] = pair[0] >> 4, c[4 * q + 3] = pair[1] >> 4;
+          }
+        } else {
+          for (int j = 0; j < 16; ++j) {
+            const uint8_t* pair = base + (b * 16 + j) * 32 + 2 * r;
+            c[2 * j] = pair[0], c[2 * j + 1] = pair[1];
+          }
+        }
+        float* o = out + b * 32;
+        for (int k = 0; k < 32; ++k) o[k] = static_cast<float>(c[k]) * s + zs;
+      }
+    }
+  }
+}
 
 }  // namespace

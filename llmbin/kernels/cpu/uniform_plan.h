@@ -1,5 +1,6 @@
 // A `uniform` (integer-code) layer repacked for uniform_kernels.h, and the product that drives it: one token on the
-// spinning pool, a few tokens row block by row block, many tokens as dequantize + brgemm (dequant_gemm.h).
+// spinning pool, a few tokens row block by row block, many tokens as dequantize + brgemm or, without AVX512-BF16,
+// dequantize + sgemm (dequant_gemm.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,7 +18,7 @@
 
 namespace {
 
-constexpr int64_t kUniformPass = 4;  // row blocks per vector pass (uniform_rows_vnni's RB)
+constexpr int64_t kUniformPass = 4;  // row blocks per vector pass (uniform_rows_vnni's RB; AVX2 does it as 2 x 2)
 
 struct UniformPlan : PackedPlan {
   at::Tensor codes, scales, zscales, gidx, gscale;
@@ -27,7 +28,7 @@ struct UniformPlan : PackedPlan {
   // codes uint8 [NB, lines, 32] (uniform_kernels.h's layout), scales / zscales float [NB, ng, 16]
   UniformPlan(at::Tensor codes_, at::Tensor scales_, at::Tensor zscales_, int64_t n, int64_t k, int64_t group, bool nib)
       : codes(codes_.contiguous()), scales(scales_.contiguous()), zscales(zscales_.contiguous()), N(n), K(k) {
-    TORCH_CHECK(vnni_supported(), "the integer-code kernel needs AVX512-VNNI");
+    TORCH_CHECK(uniform_supported(), "the integer-code kernel needs AVX512-VNNI or AVX2");
     const int64_t NB = (N + kRows - 1) / kRows, KB = (K + 31) / 32;
     TORCH_CHECK(group % 32 == 0 || group >= K, "integer-code groups must be whole blocks of 32 columns");
     const int64_t bpg = group >= K ? KB : group / 32, ng = (KB + bpg - 1) / bpg;
@@ -45,18 +46,25 @@ struct UniformPlan : PackedPlan {
   ~UniformPlan() override { unpublish(); }
   int64_t rows() const override { return N; }
 
-  // row blocks [b0, b1) of one token
+  // row blocks [b0, b1) of one token; isa: kScalar, kAvx2 or kAvx512 (VNNI)
   void rows_of(const int16_t* xq, const float* xs, const float* xsum, int64_t b0, int64_t b1, float* y,
                int64_t isa) const {
     int64_t nb = b0;
 #ifdef LLMBIN_X86
-    if (isa != kScalar) {
+    if (isa == kAvx512) {
       for (; nb + kUniformPass <= b1; nb += kUniformPass)
         L.nibbles ? uniform_rows_vnni<kUniformPass, true>(L, xq, xs, xsum, nb, y + nb * kRows)
                   : uniform_rows_vnni<kUniformPass, false>(L, xq, xs, xsum, nb, y + nb * kRows);
       for (; nb < b1; ++nb)
         L.nibbles ? uniform_rows_vnni<1, true>(L, xq, xs, xsum, nb, y + nb * kRows)
                   : uniform_rows_vnni<1, false>(L, xq, xs, xsum, nb, y + nb * kRows);
+    } else if (isa == kAvx2) {
+      for (; nb + 2 <= b1; nb += 2)
+        L.nibbles ? uniform_rows_avx2<2, true>(L, xq, xs, xsum, nb, y + nb * kRows)
+                  : uniform_rows_avx2<2, false>(L, xq, xs, xsum, nb, y + nb * kRows);
+      for (; nb < b1; ++nb)
+        L.nibbles ? uniform_rows_avx2<1, true>(L, xq, xs, xsum, nb, y + nb * kRows)
+                  : uniform_rows_avx2<1, false>(L, xq, xs, xsum, nb, y + nb * kRows);
     }
 #endif
     for (; nb < b1; ++nb) uniform_rows_scalar(L, xq, xs, xsum, nb, y + nb * kRows);
@@ -64,8 +72,9 @@ struct UniformPlan : PackedPlan {
 
   at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const override {
     TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
-    TORCH_CHECK(isa == kAuto || isa == kScalar || isa == kAvx512 || (isa == kGemm && gemm_supported()),
-                "the integer-code kernel runs as scalar, avx512 (VNNI) or gemm, not ISA ", isa);
+    TORCH_CHECK(isa == kAuto || isa == kScalar || isa == kSgemm || (isa == kAvx512 && vnni_supported()) ||
+                    (isa == kAvx2 && avx2_supported()) || (isa == kGemm && gemm_supported()),
+                "the integer-code kernel runs as scalar, avx2, avx512 (VNNI), gemm or sgemm on this CPU, not ISA ", isa);
     const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
     const at::Tensor x = direct ? x_in : x_in.reshape({-1, K}).to(at::kFloat).contiguous();
     const int64_t M = x.numel() / K, NB = L.NB, ldy = NB * kRows;
@@ -79,7 +88,11 @@ struct UniformPlan : PackedPlan {
     if (isa == kGemm || (isa == kAuto && M >= gemm_min_tokens() && gemm_supported())) {
       const auto fill = [&](int64_t nb, int64_t col0, uint16_t* tile) { uniform_block_vnni(L, nb, col0, tile, kGemmCols); };
       dequant_gemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
+    } else if (isa == kSgemm || (isa == kAuto && M >= gemm_min_tokens())) {
+      const auto fill = [&](int64_t nb, int64_t col0, float* rows) { uniform_block_f32(L, nb, col0, rows, L.KB * 32); };
+      dequant_sgemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
     } else {
+      const int64_t vec = isa == kScalar ? kScalar : isa == kAvx2 || !vnni_supported() ? kAvx2 : kAvx512;
       // per token: int16 activations, block scales, group sums
       const int64_t stride = L.KB * 32 / 2 + L.KB + L.ng;  // in floats
       std::vector<float> prep(static_cast<size_t>(M * stride));
@@ -92,7 +105,7 @@ struct UniformPlan : PackedPlan {
       auto run = [&](int64_t t, int64_t b0, int64_t b1) {
         const float* p = prep.data() + t * stride;
         rows_of(reinterpret_cast<const int16_t*>(p), p + L.KB * 16, p + L.KB * 16 + L.KB, b0, b1, yp + t * ldy,
-                isa == kScalar ? kScalar : kAvx512);
+                vec);
       };
       const int64_t passes = (NB + kUniformPass - 1) / kUniformPass;
       auto split = [&](int i, int shards) { return std::min(NB, passes * i / shards * kUniformPass); };
