@@ -1,23 +1,75 @@
-"""The pre-flight estimate of a run's host memory, said before the first layer and checked against a budget."""
+"""The pre-flight estimate of a run's host memory, said before the first layer and checked against a budget.
+
+What the layer-by-layer run holds at its peak, beside the process itself (interpreter, libraries, tokenizer: read
+from /proc as the resident memory not held by the model's tensors):
+- weights: the whole float model, or, streamed, everything outside the decoder layers plus one layer;
+- activations: one layer's inputs and outputs for every calibration window (unless cached on disk);
+- statistics: one float32 Hessian per linear of a layer (linears that share an input share one: an upper bound);
+- solver: the widest linear's working copies (damped Hessian, its inverse Cholesky factor, weights, codes, errors);
+- forward: one batch through one layer (every linear's output, the attention scores);
+- results: the packed codes of every finished layer, kept until the checkpoint is written (~1 byte a weight).
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 from torch import nn
 
 from ..errors import LlmbinError
 
 
+def _resident_tensor_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type == "cpu" and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def process_rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere: the estimate then leaves the process out)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _linear_shapes(layer: nn.Module) -> list[tuple[int, int]]:
+    """(out, in) of every linear of a layer (GPT-2's Conv1D stores its weight as [in, out])."""
+    shapes = []
+    for m in layer.modules():
+        if isinstance(m, nn.Linear):
+            shapes.append((m.out_features, m.in_features))
+        elif type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None and m.weight.dim() == 2:
+            shapes.append((m.weight.shape[1], m.weight.shape[0]))
+    return shapes
+
+
 def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seqlen: int, dtype_bytes: int,
                     hidden: int, options) -> dict:
-    """Host bytes the run will hold: weights (all, or base + one layer when streaming), activations, statistics."""
+    """Host bytes the run will hold: `host` (what the model and the run take) and `total` (with the process)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     layer_bytes = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
     in_layers = sum(p.numel() * p.element_size() for p in layers.parameters())
-    widest = max(max(p.shape) for layer in layers for p in layer.parameters() if p.dim() == 2)
-    acts = 2 * nsamples * seqlen * hidden * dtype_bytes  # inputs + outputs of one layer
+    largest = max(layers, key=lambda layer: sum(p.numel() for p in layer.parameters()))
+    shapes = _linear_shapes(largest) or [(hidden, hidden)]
+    widest_in = max(k for _, k in shapes)
     weights = params - in_layers + layer_bytes if options.stream else params
-    stats = 4 * widest * widest * 4
-    host = weights + (0 if options.activation_cache == "disk" else acts) + stats
-    return {"weights": weights, "activations": acts, "layer": layer_bytes, "statistics": stats, "host": host}
+    acts = 2 * nsamples * seqlen * hidden * dtype_bytes  # inputs + outputs of one layer
+    stats = sum(k * k for _, k in shapes) * 4
+    solver = 3 * widest_in ** 2 * 4 + 3 * max(n * k for n, k in shapes) * 4
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", 0) or 0
+    batch = min(options.batch_size, nsamples)
+    forward = batch * seqlen * (sum(n for n, _ in shapes) + 4 * hidden) * 4 + batch * heads * seqlen ** 2 * 4
+    results = sum(p.numel() for p in layers.parameters() if p.dim() >= 2)  # ~1 byte of codes per weight
+    host = weights + (0 if options.activation_cache == "disk" else acts) + stats + solver + forward + results
+    process = max(0, process_rss_bytes() - _resident_tensor_bytes(model))
+    return {"weights": weights, "activations": acts, "layer": layer_bytes, "statistics": stats, "solver": solver,
+            "forward": forward, "results": results, "host": host, "process": process, "total": host + process}
 
 
 def check_budget(est: dict, options) -> None:
@@ -35,8 +87,10 @@ def fmt_gb(n: int) -> str:
 
 
 def describe(est: dict, options, device) -> str:
-    return (f"pre-flight memory: {fmt_gb(est['host'])} host = weights {fmt_gb(est['weights'])}"
-            f"{' (streamed)' if options.stream else ' (lower: --set pipeline.stream=true)'} + activations "
-            f"{fmt_gb(est['activations'])} "
+    return (f"pre-flight memory: {fmt_gb(est['total'])} peak resident = process {fmt_gb(est['process'])} + weights "
+            f"{fmt_gb(est['weights'])}{' (streamed)' if options.stream else ' (lower: --set pipeline.stream=true)'} + "
+            f"activations {fmt_gb(est['activations'])} "
             f"{'on disk' if options.activation_cache == 'disk' else '(lower: --set pipeline.activation_cache=disk, --nsamples, --seqlen)'}"
-            f" + statistics {fmt_gb(est['statistics'])}; on {device}: one layer {fmt_gb(est['layer'])}")
+            f" + statistics {fmt_gb(est['statistics'])} + solver {fmt_gb(est['solver'])} + one batch's forward "
+            f"{fmt_gb(est['forward'])} + finished layers' codes {fmt_gb(est['results'])}; on {device}: one layer "
+            f"{fmt_gb(est['layer'])}")

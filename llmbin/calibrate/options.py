@@ -27,7 +27,8 @@ class PipelineOptions:
     device: str = "cpu"
     skip: list = field(default_factory=list)  # module-name substrings left in full precision
     stream: bool = False  # load decoder layers one at a time from safetensors (models larger than RAM)
-    memory_budget_mb: int = 0  # refuse before starting when the pre-flight host estimate exceeds it (0: no check)
+    memory_budget_mb: int = 0  # refuse before starting when the pre-flight estimate of the run's own memory (beyond the
+    # process's libraries) exceeds it (0: no check)
     embeddings: str = "int5"  # token embeddings (and a tied head): int2..int8 [-row|-gG] | none (calibrate/embeddings.py)
     head: str = "same"  # output head of an untied model: same (as embeddings) | int8 | int4 | ... | none
     head_windows: int = 32  # calibration windows whose final hidden states give the head's Hessian
