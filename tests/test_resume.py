@@ -83,6 +83,8 @@ def test_streamed_quantization_equals_in_memory(six_layer_dir, text_file, tmp_pa
                                                            pipeline={"stream": True, "embeddings": "none"}),
                          out=streamed, verbose=False)
     assert all(p.device.type == "meta" for p in qm.model.model.layers.parameters())  # layers never stayed resident
+    # nor did their codes: each layer's results keep only their description once written
+    assert qm.results and all(type(r.format).__name__ == "WrittenFormat" for r in qm.results.values())
     tensors = lambda d: {k: v for k, v in tensor_files(d).items() if k.endswith(".safetensors")}  # noqa: E731
     assert tensors(streamed) == tensors(whole)  # config.json differs only by the recipe's pipeline.stream
     model, _ = llmbin.load(streamed)

@@ -7,7 +7,8 @@ from /proc as the resident memory not held by the model's tensors):
 - statistics: one float32 Hessian per linear of a layer (linears that share an input share one: an upper bound);
 - solver: the widest linear's working copies (damped Hessian, its inverse Cholesky factor, weights, codes, errors);
 - forward: one batch through one layer (every linear's output, the attention scores);
-- results: the packed codes of every finished layer, kept until the checkpoint is written (~1 byte a weight).
+- results: the packed codes of every finished layer, kept until the checkpoint is written (~1 byte a weight; none in
+  a streamed run, which keeps only their description once a layer is in the work area).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _linear_shapes(layer: nn.Module) -> list[tuple[int, int]]:
 
 
 def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seqlen: int, dtype_bytes: int,
-                    hidden: int, options) -> dict:
+                    hidden: int, options, drop_written: bool = False) -> dict:
     """Host bytes the run will hold: `host` (what the model and the run take) and `total` (with the process)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     layer_bytes = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
@@ -65,7 +66,8 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seql
     heads = getattr(getattr(model, "config", None), "num_attention_heads", 0) or 0
     batch = min(options.batch_size, nsamples)
     forward = batch * seqlen * (sum(n for n, _ in shapes) + 4 * hidden) * 4 + batch * heads * seqlen ** 2 * 4
-    results = sum(p.numel() for p in layers.parameters() if p.dim() >= 2)  # ~1 byte of codes per weight
+    # ~1 byte of codes per weight, unless a streamed run drops them as each layer is written
+    results = 0 if drop_written else sum(p.numel() for p in layers.parameters() if p.dim() >= 2)
     host = weights + (0 if options.activation_cache == "disk" else acts) + stats + solver + forward + results
     process = max(0, process_rss_bytes() - _resident_tensor_bytes(model))
     return {"weights": weights, "activations": acts, "layer": layer_bytes, "statistics": stats, "solver": solver,

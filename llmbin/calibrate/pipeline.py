@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..formats import WrittenFormat
 from ..host.memory import release_freed_memory
 from ..methods.base import QuantMethod, QuantResult
 from ..models.walk import capture_layer_calls, decoder_layers, find_linears, make_linears_explicit
@@ -22,26 +23,29 @@ from .quant_log import QuantLog
 
 
 def quantize_model(model: nn.Module, method: QuantMethod, calib_ids: torch.Tensor, options, seed: int,
-                   log: QuantLog, work=None, stream=None) -> dict[str, QuantResult]:
+                   log: QuantLog, work=None, stream=None, drop_written: bool = False) -> dict[str, QuantResult]:
     """Quantize every linear inside the decoder layers in place (fake-quant); -> {qualified name: result}.
 
     `work` (a WorkArea) receives each finished layer and supplies the finished layers of an
-    interrupted run; `stream` (a StreamedModel) loads each layer from disk just in time.
+    interrupted run; `stream` (a StreamedModel) loads each layer from disk just in time. `drop_written`
+    (streamed runs, the final pass): once a layer is in the work area its results keep only their description
+    (formats.WrittenFormat), so memory does not grow with the layers done.
     """
     device = torch.device(options.device)
     prev_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        return _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream)
+        return _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream, drop_written)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev_tf32
 
 
-def _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream):
+def _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream, drop_written):
     prefix, layers = decoder_layers(model)
     hidden_size = model.get_input_embeddings().embedding_dim
     dtype = next(model.parameters()).dtype
-    est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size, options)
+    est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size, options,
+                          drop_written=drop_written and work is not None)
     log.note(describe(est, options, device))
     check_budget(est, options)
     _move_outside_layers(model, layers, device)
@@ -82,6 +86,9 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
             next_cache.append((ctx.forward(hidden, args, kwargs).cpu(), *next_call))
         cache.close()
         cache = next_cache
+        if drop_written and work is not None:
+            for result in ctx.results.values():
+                result.format = WrittenFormat.of(result.format)
         results.update({f"{prefix}.{i}.{n}": r for n, r in ctx.results.items()})
         layers[i] = layer.cpu()
         if stream is not None:

@@ -182,3 +182,29 @@ def checked_format(meta: dict, where: str = "module") -> type[PackedFormat]:
     cls = format_from_meta(meta)
     cls.check_meta(meta, where)
     return cls
+
+
+@dataclasses.dataclass
+class WrittenFormat:
+    """What a streamed run keeps of a packed module once its tensors are in the checkpoint's work area: its
+    description and sizes, enough for the checkpoint's config and bit counts, without the codes (which would
+    otherwise pile up, ~1 byte a weight, for every layer of a model too large to hold)."""
+    name: str
+    meta_dict: dict
+    out_features: int
+    in_features: int
+    paper_bits: float
+    stored: int
+
+    @classmethod
+    def of(cls, fmt: "PackedFormat") -> "WrittenFormat":
+        return cls(fmt.name, fmt.meta(), fmt.out_features, fmt.in_features, fmt.paper_bits, fmt.stored_bytes())
+
+    def meta(self) -> dict:
+        return dict(self.meta_dict)
+
+    def stored_bytes(self) -> int:
+        return self.stored
+
+    def all_in_bits(self) -> float:
+        return self.stored * 8 / (self.out_features * self.in_features)

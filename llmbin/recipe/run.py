@@ -123,14 +123,16 @@ def run_recipe(model_ref: str, recipe: Recipe, out: str | Path | None = None, ov
         work = WorkArea(out, fingerprint, resume=resume, overwrite=overwrite, storage_dtype=storage)
     log = QuantLog(verbose=verbose)
     try:
-        def quantize_pass(pass_method, pass_work):
+        def quantize_pass(pass_method, pass_work, final: bool = False):
+            # a streamed final pass keeps no codes in memory (they are in the work area); an earlier pass (PTQ1.61's
+            # preprocessing) hands its formats on
             return quantize_model(model, pass_method, windows, recipe.pipeline, recipe.calibration.seed, log, pass_work,
-                                  stream)
+                                  stream, drop_written=final and stream is not None)
 
         before = ModelContext(model_ref, tokenizer, windows, device, torch.Generator().manual_seed(recipe.calibration.seed),
                               log, {})
         method.prepare_model(model, before, work, quantize_pass)
-        results = quantize_pass(method, work)
+        results = quantize_pass(method, work, final=True)
         generator = torch.Generator().manual_seed(recipe.calibration.seed)
         changed = method.on_model_end(model, ModelContext(model_ref, tokenizer, windows, device, generator, log, results))
         # distillation trains the decoder's scales with the float embeddings and head; they are packed after it,
