@@ -230,11 +230,48 @@ bool avx2_supported() { return false; }
 
 bool uniform_supported() { return vnni_supported() || avx2_supported(); }
 
+#ifdef LLMBIN_X86
+// uniform_block_f32 for nibble lines on AVX2: 8 bytes of a line are 4 rows x (k 4q, 4q+1 | 4q+2, 4q+3 in the high
+// nibbles); widened to int32, the low and high nibbles interleave per 64-bit pair into each row's 4 consecutive
+// codes (rows r and r + 2 share a register, one per 128-bit lane), converted and scaled in 2 instructions.
+__attribute__((target("avx2,fma"))) void uniform_block_f32_avx2(const UniformLayer& L, int64_t nb, int64_t col0,
+                                                               float* rows, int64_t slots) {
+  const uint8_t* base = L.codes + nb * L.lines * 32;
+  const __m256i low = _mm256_set1_epi32(15);
+  for (int64_t g = 0; g < L.ng; ++g) {
+    const float* sc = L.scales + (nb * L.ng + g) * kRows;
+    const float* zs = L.zscales + (nb * L.ng + g) * kRows;
+    __m256 s[8], z[8];  // index 2i + h: rows 4i + h (low lane) and 4i + h + 2 (high lane)
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < 2; ++h) {
+        s[2 * i + h] = _mm256_setr_m128(_mm_set1_ps(sc[4 * i + h]), _mm_set1_ps(sc[4 * i + h + 2]));
+        z[2 * i + h] = _mm256_setr_m128(_mm_set1_ps(zs[4 * i + h]), _mm_set1_ps(zs[4 * i + h + 2]));
+      }
+    for (int64_t line = g * L.bpg * 8; line < std::min(L.KB, (g + 1) * L.bpg) * 8; ++line) {
+      const uint8_t* src = base + line * 32;
+      for (int i = 0; i < 4; ++i) {
+        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * i)));
+        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_srli_epi32(v, 4);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i q = h ? _mm256_unpackhi_epi64(lo, hi) : _mm256_unpacklo_epi64(lo, hi);
+          const __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s[2 * i + h], z[2 * i + h]);
+          _mm_storeu_ps(rows + (col0 + 4 * i + h) * slots + line * 4, _mm256_castps256_ps128(w));
+          _mm_storeu_ps(rows + (col0 + 4 * i + h + 2) * slots + line * 4, _mm256_extractf128_ps(w, 1));
+        }
+      }
+    }
+  }
+}
+#endif
+
 // Row block nb as float32 rows of KB*32 values (q * scale - zero * scale; the padding past K meets zero activations)
-// at rows[(col0 + r) * slots]:
-// dequant_sgemm's fill on CPUs without AVX512-BF16. A row's codes are gathered from the interleaved lines a block
-// of 32 at a time, then converted in one loop the compiler vectorizes.
+// at rows[(col0 + r) * slots]: dequant_sgemm's fill on CPUs without AVX512-BF16. A row's codes are gathered from the
+// interleaved lines a block of 32 at a time, then converted in one loop the compiler vectorizes (nibble lines on
+// AVX2: the function above).
 void uniform_block_f32(const UniformLayer& L, int64_t nb, int64_t col0, float* rows, int64_t slots) {
+#ifdef LLMBIN_X86
+  if (L.nibbles && avx2_supported()) return uniform_block_f32_avx2(L, nb, col0, rows, slots);
+#endif
   const uint8_t* base = L.codes + nb * L.lines * 32;
   uint8_t c[32];
   for (int64_t r = 0; r < kRows; ++r) {
