@@ -30,4 +30,9 @@ def test_parts_follow_the_configuration():
         expected_weights = (embeddings + h) * 4 + layer_bytes if stream else sum(p.numel() for p in model.parameters()) * 4
         assert est["weights"] == expected_weights
         assert est["host"] == sum(est[k] for k in ("weights", "activations", "statistics", "solver", "forward", "results"))
-        assert est["total"] == est["host"] + est["process"] and est["process"] > 0
+        # after the layers: everything outside them, the codes, and the (tied) embedding three times in float32
+        outside = (sum(p.numel() for p in model.parameters()) - n_layers * (per_layer + 2 * h)) * 4
+        assert est["embeddings_stage"] == outside + est["results"] + 3 * vocab * h * 4
+        assert est["total"] == max(est["host"], est["embeddings_stage"]) + est["process"] and est["process"] > 0
+    none = estimate_memory(model, layers, nsamples, seqlen, 4, h, PipelineOptions(embeddings="none"))
+    assert none["embeddings_stage"] == outside + none["results"]  # nothing outside the layers is quantized

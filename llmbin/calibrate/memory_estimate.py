@@ -8,7 +8,9 @@ from /proc as the resident memory not held by the model's tensors):
 - solver: the widest linear's working copies (damped Hessian, its inverse Cholesky factor, weights, codes, errors);
 - forward: one batch through one layer (every linear's output, the attention scores);
 - results: the packed codes of every finished layer, kept until the checkpoint is written (~1 byte a weight; none in
-  a streamed run, which keeps only their description once a layer is in the work area).
+  a streamed run, which keeps only their description once a layer is in the work area);
+and, when larger, the embedding and head stage after the layers: the weights outside the layers, the codes, and the
+largest of those matrices three times more in float32.
 """
 from __future__ import annotations
 
@@ -69,9 +71,18 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seql
     # ~1 byte of codes per weight, unless a streamed run drops them as each layer is written
     results = 0 if drop_written else sum(p.numel() for p in layers.parameters() if p.dim() >= 2)
     host = weights + (0 if options.activation_cache == "disk" else acts) + stats + solver + forward + results
+    # after the layers: the embedding and head stage holds the weights outside the layers, the codes, and the
+    # largest of those matrices three times more (float32 copy, rounded copy, codes and scales)
+    inside = {id(p) for p in layers.parameters()}
+    outside = [p for p in model.parameters() if p.dim() == 2 and id(p) not in inside]
+    quantized_outside = options.embeddings != "none" or options.head not in ("none", "same")
+    largest_outside = max((p.numel() * 4 for p in outside), default=0) if quantized_outside else 0
+    embeddings_stage = params - in_layers + results + 3 * largest_outside
     process = max(0, process_rss_bytes() - _resident_tensor_bytes(model))
+    peak = max(host, embeddings_stage)
     return {"weights": weights, "activations": acts, "layer": layer_bytes, "statistics": stats, "solver": solver,
-            "forward": forward, "results": results, "host": host, "process": process, "total": host + process}
+            "forward": forward, "results": results, "host": host, "embeddings_stage": embeddings_stage,
+            "process": process, "total": peak + process}
 
 
 def check_budget(est: dict, options) -> None:
@@ -89,10 +100,11 @@ def fmt_gb(n: int) -> str:
 
 
 def describe(est: dict, options, device) -> str:
-    return (f"pre-flight memory: {fmt_gb(est['total'])} peak resident = process {fmt_gb(est['process'])} + weights "
+    return (f"pre-flight memory: {fmt_gb(est['total'])} peak resident = process {fmt_gb(est['process'])} + the larger of "
+            f"the layers' stage: weights "
             f"{fmt_gb(est['weights'])}{' (streamed)' if options.stream else ' (lower: --set pipeline.stream=true)'} + "
             f"activations {fmt_gb(est['activations'])} "
             f"{'on disk' if options.activation_cache == 'disk' else '(lower: --set pipeline.activation_cache=disk, --nsamples, --seqlen)'}"
             f" + statistics {fmt_gb(est['statistics'])} + solver {fmt_gb(est['solver'])} + one batch's forward "
-            f"{fmt_gb(est['forward'])} + finished layers' codes {fmt_gb(est['results'])}; on {device}: one layer "
-            f"{fmt_gb(est['layer'])}")
+            f"{fmt_gb(est['forward'])} + finished layers' codes {fmt_gb(est['results'])} (or, when larger, the embedding "
+            f"and head stage: {fmt_gb(est['embeddings_stage'])}); on {device}: one layer {fmt_gb(est['layer'])}")
