@@ -296,3 +296,46 @@ def test_rows_of_an_older_run_stay_valid_when_recipes_gain_a_setting_at_its_defa
     assert not same_recipe(old, {"params": {"bits": 4}, "calibration": {"nsamples": 8, "selfgen_share": 0.5}})
     assert not same_recipe(old, {"params": {"bits": 3}, "calibration": {"nsamples": 8}})
     assert not same_recipe({**old, "gone": 1}, {"params": {"bits": 4}, "calibration": {"nsamples": 8}})
+
+
+def test_a_finished_checkpoint_is_a_row_scored_by_the_same_protocol(tiny_llama_dir, text_file, tmp_path):
+    """A checkpoint quantized earlier joins the comparison as it is: its perplexity equals `llmbin.evaluate_ppl` on the
+    loaded checkpoint over the same windows, its size the bytes of its safetensors files; a second run reuses it."""
+    import llmbin
+    from llmbin import Recipe
+
+    ckpt = tmp_path / "made-earlier"
+    llmbin.quantize(str(tiny_llama_dir), Recipe.create("rtn", {"bits": 3},
+                                                        calibration={"dataset": str(text_file), "nsamples": 2,
+                                                                     "seqlen": 32}), out=ckpt, verbose=False)
+    out = tmp_path / "c"
+    args = ["compare", tiny_llama_dir, "--checkpoint", f"rtn3={ckpt}", "--dataset", text_file, "--nsamples", "2",
+            "--seqlen", "32", "--ppl", text_file, "--max-windows", "2", "-o", out]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((out / "results.json").read_text())["methods"]
+    assert row["kind"] == "checkpoint" and row["method"] == "rtn" and row["recipe"]["params"]["bits"] == 3
+    assert row["size"]["file_bytes"] == sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
+    # the same two windows scored here by hand: the packed model through transformers, next-token NLL, exp of the mean
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmbin.data import load_text, token_stream
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    ids = token_stream(AutoTokenizer.from_pretrained(ckpt), load_text(str(text_file), split="evaluation"))
+    windows = torch.as_tensor(ids[: 2 * 32]).view(2, 32)
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1]
+    direct = math.exp(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).item())
+    assert abs(row["perplexity"][0]["ppl"] / direct - 1) < 1e-5
+    assert "the llmbin checkpoint `made-earlier`" in (out / "report.md").read_text()
+    again = run(*args, "--resume")
+    assert again.exit_code == 0 and "rtn3: reused from the previous results.json" in again.output
+
+
+def test_a_checkpoint_row_must_be_an_llmbin_checkpoint(tiny_llama_dir, text_file, tmp_path):
+    result = run("compare", tiny_llama_dir, "--checkpoint", f"x={tiny_llama_dir}", "--dataset", text_file, "--ppl",
+                 text_file, "-o", tmp_path / "c")
+    assert result.exit_code == 2 and "not an llmbin checkpoint directory" in result.output

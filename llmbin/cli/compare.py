@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..compare.checkpoint_rows import parse_checkpoint_rows
 from ..compare.gguf_rows import parse_gguf_rows
 from ..compare.run import resolve_entries, run_compare
 from ..errors import LlmbinError
@@ -38,12 +39,16 @@ from .errors import friendly_errors
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
 @click.option("--gguf", "ggufs", multiple=True, metavar="[LABEL=]FILE.gguf",
               help="A llama.cpp GGUF file as a row, scored by the same protocol; repeatable.")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="[LABEL=]DIR",
+              help="A finished llmbin checkpoint of MODEL as a row (made earlier or elsewhere), scored by the same "
+                   "protocol; repeatable.")
 @friendly_errors
 def compare_command(model, methods, recipes, overrides, dataset, nsamples, seqlen, seed, ppl, protocol, max_windows, tasks,
-            include_path, limit, num_fewshot, batch_size, device, out, keep_checkpoints, resume, notes, ggufs):
+            include_path, limit, num_fewshot, batch_size, device, out, keep_checkpoints, resume, notes, ggufs,
+            checkpoints):
     """Quantize MODEL with several methods, score all (and the full-precision model) under one protocol, report."""
-    if not methods.strip() and not ggufs:
-        raise LlmbinError("nothing to compare: pass --methods M1,M2 and/or --gguf FILE.gguf")
+    if not methods.strip() and not ggufs and not checkpoints:
+        raise LlmbinError("nothing to compare: pass --methods M1,M2, --checkpoint DIR and/or --gguf FILE.gguf")
     pairs = [p.partition("=") for p in (recipes or "").split(",") if p.strip()]
     if any(not sep for _, sep, _ in pairs):
         raise LlmbinError(f"--recipes takes NAME=FILE[,NAME=FILE], got {recipes!r}")
@@ -54,7 +59,7 @@ def compare_command(model, methods, recipes, overrides, dataset, nsamples, seqle
     command = shlex.join(["llmbin", *sys.argv[1:]]) if Path(sys.argv[0]).name == "llmbin" else ""
     results = run_compare(model, entries, {"dataset": dataset, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
                           spec, out, device, keep_checkpoints, resume, command, list(notes), echo=click.echo,
-                          gguf=parse_gguf_rows(ggufs))
+                          gguf=parse_gguf_rows(ggufs), checkpoints=parse_checkpoint_rows(checkpoints))
     click.echo((Path(out) / "report.md").read_text().split("\n\nPaper bits")[0])
     failed = [m["label"] for m in results["methods"] if m.get("error")]
     if failed:

@@ -109,6 +109,10 @@ def markdown(results: dict) -> str:
                        f"{size.get('tensor_types')}; all-in bits are its decoder matrices' bits per weight), scored "
                        "through transformers' GGUF loader")
             continue
+        if m.get("kind") == "checkpoint":
+            out.append(f"- {m['label']}: the llmbin checkpoint `{Path(m['file']).name}`, scored as it is: "
+                       f"`{json.dumps((m.get('recipe') or {}).get('params', {}), sort_keys=True)}`")
+            continue
         out.append(f"- {m['label']}: `{json.dumps((m.get('recipe') or {}).get('params', {}), sort_keys=True)}`"
                    + _distill_note(m))
     for m in results["methods"]:

@@ -26,6 +26,7 @@ from ..methods import METHODS
 from ..models.loading import default_dtype
 from ..recipe import SHIPPED_DIR, Recipe
 from ..recipe.run import run_recipe
+from .checkpoint_rows import checkpoint_record
 from .gguf_rows import gguf_record
 from .report import write_report
 
@@ -150,8 +151,9 @@ def _previous(out_dir: Path, header: dict) -> dict | None:
 def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: dict, spec: EvalSpec,
                 out_dir: str | Path, device: str = "cpu", keep_checkpoints: bool = False, resume: bool = False,
                 command: str = "", notes: list[str] | None = None, echo=print,
-                gguf: list[tuple[str, Path]] | None = None) -> dict:
-    """Quantize and score every entry, score every GGUF row, write the report after each; -> results.json's data."""
+                gguf: list[tuple[str, Path]] | None = None, checkpoints: list[tuple[str, Path]] | None = None) -> dict:
+    """Quantize and score every entry, score every finished llmbin checkpoint and GGUF row, write the report after
+    each; -> results.json's data."""
     if spec.tasks:  # unknown task names fail before anything is quantized
         from ..integrations.lmeval import task_manager
 
@@ -234,14 +236,16 @@ def run_compare(model_ref: str, entries: list[tuple[str, Recipe]], calibration: 
     finally:
         if not keep_checkpoints:
             shutil.rmtree(scratch, ignore_errors=True)
-    for label, path in gguf or []:
-        record = gguf_record(label, path)
+    scored = [(label, path, checkpoint_record, "an llmbin checkpoint") for label, path in checkpoints or []]
+    scored += [(label, path, gguf_record, "llama.cpp GGUF, dequantized by transformers") for label, path in gguf or []]
+    for label, path, make_record, what in scored:
+        record = make_record(label, path)
         old = done.get(label)
         if old and old.get("file_stamp") == record["file_stamp"]:
             echo(f"{label}: reused from the previous results.json")
             results["methods"].append(old)
             continue
-        echo(f"{label}: scoring {path.name} (llama.cpp GGUF, dequantized by transformers)")
+        echo(f"{label}: scoring {path.name} ({what})")
         start = time.perf_counter()
         try:
             record.update(evaluate_ref(str(path), spec, device))
