@@ -6,22 +6,13 @@ from pathlib import Path
 
 from ..checkpoint.inspect import inspect_checkpoint
 from ..checkpoint.reader import is_llmbin_checkpoint, read_quant_config
-from ..errors import LlmbinError
+from .labeled import labeled_paths
 
 
 def parse_checkpoint_rows(items) -> list[tuple[str, Path]]:
     """('ptq161=out/smol-ptq161' or 'out/smol-ptq161', ...) -> [(label, dir)]; the label defaults to the folder name."""
-    rows = []
-    for item in items:
-        label, sep, path = item.partition("=")
-        label, path = (label.strip(), Path(path.strip())) if sep else (Path(item).name, Path(item))
-        if not (path / "config.json").is_file() or not is_llmbin_checkpoint(path):
-            raise LlmbinError(f"--checkpoint {item!r}: not an llmbin checkpoint directory; give DIR or LABEL=DIR")
-        rows.append((label, path))
-    labels = [label for label, _ in rows]
-    if len(set(labels)) != len(labels):
-        raise LlmbinError(f"--checkpoint rows share a label ({', '.join(labels)}); name them LABEL=DIR")
-    return rows
+    return labeled_paths(items, "--checkpoint", lambda p: (p / "config.json").is_file() and is_llmbin_checkpoint(p),
+                         "an llmbin checkpoint directory", "DIR", lambda p: p.name)
 
 
 def checkpoint_stamp(path: Path) -> list:

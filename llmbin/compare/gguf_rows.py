@@ -7,21 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import LlmbinError
+from .labeled import labeled_paths
 
 
 def parse_gguf_rows(items) -> list[tuple[str, Path]]:
     """('Q4_0=smol-Q4_0.gguf' or 'smol-Q4_0.gguf', ...) -> [(label, path)]; the label defaults to the file's stem."""
-    rows = []
-    for item in items:
-        label, sep, path = item.partition("=")
-        label, path = (label.strip(), Path(path.strip())) if sep else (Path(item).stem, Path(item))
-        if path.suffix != ".gguf" or not path.is_file():
-            raise LlmbinError(f"--gguf {item!r}: no such .gguf file; give FILE.gguf or LABEL=FILE.gguf")
-        rows.append((label, path))
-    labels = [label for label, _ in rows]
-    if len(set(labels)) != len(labels):
-        raise LlmbinError(f"--gguf rows share a label ({', '.join(labels)}); name them LABEL=FILE")
-    return rows
+    return labeled_paths(items, "--gguf", lambda p: p.suffix == ".gguf" and p.is_file(), "a .gguf file", "FILE.gguf",
+                         lambda p: p.stem)
 
 
 def gguf_size(path: Path) -> dict:
