@@ -14,11 +14,10 @@ largest of those matrices three times more in float32.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
 from ..errors import LlmbinError
+from ..host.memory import process_rss_bytes
 
 
 def _resident_tensor_bytes(model: nn.Module) -> int:
@@ -28,17 +27,6 @@ def _resident_tensor_bytes(model: nn.Module) -> int:
             seen.add(t.untyped_storage().data_ptr())
             total += t.untyped_storage().nbytes()
     return total
-
-
-def process_rss_bytes() -> int:
-    """This process's resident memory (Linux /proc; 0 elsewhere: the estimate then leaves the process out)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _linear_shapes(layer: nn.Module) -> list[tuple[int, int]]:

@@ -41,11 +41,12 @@ def quantize_model(model: nn.Module, method: QuantMethod, calib_ids: torch.Tenso
 
 
 def _quantize_model(model, method, calib_ids, options, seed, log, device, work, stream, drop_written):
+    drop_written = drop_written and work is not None  # only what the work area holds can be dropped
     prefix, layers = decoder_layers(model)
     hidden_size = model.get_input_embeddings().embedding_dim
     dtype = next(model.parameters()).dtype
     est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size, options,
-                          drop_written=drop_written and work is not None)
+                          drop_written=drop_written)
     log.note(describe(est, options, device))
     check_budget(est, options)
     _move_outside_layers(model, layers, device)
@@ -86,7 +87,7 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
             next_cache.append((ctx.forward(hidden, args, kwargs).cpu(), *next_call))
         cache.close()
         cache = next_cache
-        if drop_written and work is not None:
+        if drop_written:
             for result in ctx.results.values():
                 result.format = WrittenFormat.of(result.format)
         results.update({f"{prefix}.{i}.{n}": r for n, r in ctx.results.items()})

@@ -205,6 +205,3 @@ class WrittenFormat:
 
     def stored_bytes(self) -> int:
         return self.stored
-
-    def all_in_bits(self) -> float:
-        return self.stored * 8 / (self.out_features * self.in_features)

@@ -180,8 +180,7 @@ __attribute__((target("avx2,fma"))) void dequant_block_f32_avx2(const Segment& s
 
 void dequant_block_f32(const Segment& s, int64_t nb, int64_t col0, float* rows, int64_t slots) {
 #ifdef LLMBIN_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && s.P <= 8) return dequant_block_f32_avx2(s, nb, col0, rows, slots);
+  if (avx2_supported() && s.P <= 8) return dequant_block_f32_avx2(s, nb, col0, rows, slots);
 #endif
   dequant_block_f32_scalar(s, nb, col0, rows, slots);
 }

@@ -213,6 +213,12 @@ int64_t best_isa() {
   return kScalar;
 }
 
+// AVX2 + FMA (every AVX-512 CPU has them): the AVX2 paths of the table, fill and integer-code kernels
+bool avx2_supported() {
+  static const bool ok = best_isa() >= kAvx2;
+  return ok;
+}
+
 // Runs one segment over row blocks [b0, b1) for tokens [t0, t1).
 void run_segment(const Segment& s, const TokenBatch& j, int64_t b0, int64_t b1, int64_t t0, int64_t t1, int64_t isa) {
 #ifdef LLMBIN_X86

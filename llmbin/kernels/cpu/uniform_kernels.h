@@ -163,10 +163,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
     }
   }
 }
-bool avx2_supported() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
 
 // uniform_rows_vnni's arithmetic on AVX2: a line's 16 bytes of rows 0-7 and of rows 8-15 each widen to one register
 // of 8 rows x a k pair, vpmaddwd multiplies it by the broadcast activation pair and sums the pair (exact: both
@@ -225,7 +221,6 @@ __attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L
 }
 #else
 bool vnni_supported() { return false; }
-bool avx2_supported() { return false; }
 #endif
 
 bool uniform_supported() { return vnni_supported() || avx2_supported(); }
