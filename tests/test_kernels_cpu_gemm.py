@@ -36,7 +36,7 @@ def fast_paths(monkeypatch):
 @pytest.fixture
 def gemm(ext):
     if not ext.gemm_supported():
-        pytest.skip("this CPU has no AVX512-BF16 brgemm: many-token products take the float32 sgemm (test_kernels_cpu.py)")
+        pytest.skip("this CPU has no bf16 brgemm: many-token products take the integer GEMM or the float32 sgemm")
     before = ext.gemm_min_tokens()
     ext.set_gemm_min_tokens(16)  # the default, whatever the process was configured with
     yield ext
@@ -158,9 +158,9 @@ def test_integer_code_kernel_within_the_stated_bound(bits, group, n, k, ext):
         assert rel_err(y, x @ w.T, w, x) <= 1e-5, m
 
 
-def test_integer_code_kernel_takes_many_tokens_to_sgemm_without_bf16(ext):
-    """Without AVX512-BF16, from the token threshold on a uniform layer runs as dequantize + sgemm, bit for bit the
-    forced path; below it, the integer kernel."""
+def test_integer_code_kernel_takes_many_tokens_to_a_gemm_without_bf16(ext):
+    """Without a bf16 brgemm, from the token threshold on a uniform layer runs as the integer GEMM (AVX512-VNNI) or
+    dequantize + sgemm (AVX2), bit for bit the forced path; below it, the integer kernel."""
     if not ext.uniform_supported() or ext.gemm_supported():
         pytest.skip("needs the integer kernel on a CPU without AVX512-BF16")
     fmt = random_uniform(48, 320, 4, 64, seed=3)
@@ -169,8 +169,73 @@ def test_integer_code_kernel_takes_many_tokens_to_sgemm_without_bf16(ext):
     ext.set_gemm_min_tokens(16)
     try:
         many = torch.randn(16, 320)
-        assert torch.equal(cpu.lut_matmul(state, many), cpu.lut_matmul(state, many, "sgemm"))
+        path = "igemm" if ext.uniform_isa() == "avx512-vnni" else "sgemm"
+        assert torch.equal(cpu.lut_matmul(state, many), cpu.lut_matmul(state, many, path))
         vector = "avx2" if ext.uniform_isa() == "avx2" else "avx512"
         assert torch.equal(cpu.lut_matmul(state, many[:15]), cpu.lut_matmul(state, many[:15], vector))
     finally:
         ext.set_gemm_min_tokens(before)
+
+
+@pytest.mark.parametrize("bits,group,n,k", [(4, 64, 20, 96), (5, 64, 37, 160), (8, 32, 16, 64)])
+def test_bf16_tile_fill_holds_the_format_weights(bits, group, n, k, ext):
+    """The brgemm path's weight tiles (dequant_gemm.h's layout), read back: every weight is the format's own value
+    q * s - z * s rounded to bf16 (one rounding after a fused multiply-add: within one bf16 step of the reference's
+    float32 value). Runs on any CPU with AVX512-BF16, where the brgemm itself may be missing (no AMX)."""
+    if not ext.uniform_supported() or not ext.bf16_fill_supported():
+        pytest.skip("needs the integer kernel and AVX512-BF16")
+    fmt = random_uniform(n, k, bits, group, seed=bits * k)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize().float()
+    kp = -(-k // 32) * 32
+    for nb in range(-(-n // 16)):
+        tile = state.plan.block_tile(nb)  # [kp / 2 pairs, 64 columns, 2]
+        got = tile[:, :16].permute(1, 0, 2).reshape(16, kp).float()[:, :k]
+        rows = w[nb * 16:(nb + 1) * 16]
+        want = torch.nn.functional.pad(rows, (0, 0, 0, 16 - rows.shape[0]))
+        step = want.abs() * 2.0 ** -8 + 1e-30
+        assert ((got - want).abs() <= step).all(), (bits, nb)
+
+
+@pytest.fixture
+def igemm(ext):
+    if ext.uniform_isa() != "avx512-vnni":
+        pytest.skip("the integer GEMM needs AVX512-VNNI")
+    before = ext.gemm_min_tokens()
+    ext.set_gemm_min_tokens(16)
+    yield ext
+    ext.set_gemm_min_tokens(before)
+
+
+@pytest.mark.parametrize("kind,args", FORMATS, ids=[f"{k}-{'-'.join(map(str, a))}" for k, a in FORMATS])
+def test_integer_gemm_within_the_stated_bound(kind, args, igemm):
+    """The many-token integer GEMM (int_gemm.h) against float64 math on the format's dense weights: uniform layers
+    within the integer kernel's elementwise bound (int16_bound: same activations, same sums); bit-plane layers, whose
+    slots hold gathered and scaled activations, within a relative 1e-4 (the int16 rounding is 2^-15 of a block's
+    largest value). Unforced, from the token threshold on, it is what a CPU without a bf16 brgemm runs."""
+    fmt = build(kind, args)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    k = fmt.in_features
+    for m in (1, 5, 16, 37, 300):
+        x = torch.randn(m, k) * torch.rand(1, k) * 4  # blocks of unequal size
+        y = cpu.lut_matmul(state, x, "igemm", poison=True)
+        exact = x.double() @ w.double().T
+        if kind == "uniform":
+            assert ((y.double() - exact).abs() <= int16_bound(x, w)).all(), m
+        else:
+            assert rel_err(y, exact.float(), w, x) <= 1e-4, m
+        if m >= 16 and not igemm.gemm_supported():
+            assert torch.equal(y, cpu.lut_matmul(state, x))
+
+
+def test_integer_gemm_does_not_depend_on_the_thread_count(igemm):
+    fmt = make_format(200, 544, 128, 2, "ptq161")
+    state = cpu.prepare_state(QuantLinear.from_format(fmt))
+    x = torch.randn(45, 544)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.lut_matmul(state, x, "igemm")
+        torch.set_num_threads(2)
+        assert torch.equal(one, cpu.lut_matmul(state, x, "igemm"))
+    finally:
+        torch.set_num_threads(threads)

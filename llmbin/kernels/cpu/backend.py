@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from .build import build_error, load_extension
 from .layout import layer_layout, uniform_codes, uniform_layout
 
-# gemm, sgemm: the many-token paths (dequant_gemm.h: bf16 brgemm where the CPU has AVX512-BF16, else float32 sgemm)
-ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "gemm": 4, "sgemm": 5}
+# gemm, igemm, sgemm: the many-token paths (dequant_gemm.h: bf16 brgemm where torch offers it; int_gemm.h: the
+# integer GEMM on AVX512-VNNI CPUs without it; else float32 sgemm)
+ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "gemm": 4, "sgemm": 5, "igemm": 6}
 ROWS = 16  # rows per interleaved block = entries per lookup table
 
 
@@ -83,11 +84,16 @@ def many_token_paths(ext) -> str:
         return "packed CPU products run on the float32 paths only (LLMBIN_CPU_EXACT=1)"
     if ext.gemm_min_tokens() > 1 << 40:
         return f"packed CPU products run on {table} for every batch size (LLMBIN_CPU_GEMM_MIN_TOKENS=0)"
+    if not ext.gemm_supported() and ext.uniform_isa() == "avx512-vnni":
+        return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of "
+                f"{ext.gemm_min_tokens()}+ tokens as the AVX512-VNNI integer GEMM (torch offers no bf16 brgemm on "
+                "this CPU, seen only with AMX; int16 activations per block of 32, |error| <= max|x| / 65534 each; "
+                "LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
     if not ext.gemm_supported():
         return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of "
-                f"{ext.gemm_min_tokens()}+ tokens as a per-call float32 dequantization + sgemm (no AVX512-BF16 on "
-                "this CPU; the reference's values summed in another order; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the "
-                "table kernel)")
+                f"{ext.gemm_min_tokens()}+ tokens as a per-call float32 dequantization + sgemm (torch offers no bf16 "
+                "brgemm on this CPU, seen only with AMX; the reference's values summed in another order; "
+                "LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
     return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of {ext.gemm_min_tokens()}+ "
             "tokens as a per-call bf16 dequantization + oneDNN brgemm (bf16 weights and activations, float32 sums: "
             "|error| <= 2^-8 sum|x||w|; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
@@ -122,9 +128,9 @@ def prepare_state(module, isa: str | None = None, bitplanes: bool = False) -> Cp
     whole_blocks = meta.get("group_size", 0) % 32 == 0 or meta.get("group_size", 0) >= meta["in_features"]
     if (meta["format"] == "uniform" and not bitplanes and not exact_only()
             and ext.uniform_supported() and whole_blocks):
-        codes, scales, zscales, nibbles = uniform_codes(meta, buffers)
+        codes, scales, zscales, bits = uniform_codes(meta, buffers)
         plan = ext.UniformPlan(codes, scales, zscales, meta["out_features"], meta["in_features"],
-                               min(meta["group_size"], meta["in_features"]), nibbles)
+                               min(meta["group_size"], meta["in_features"]), bits)
         return CpuState(plan, ISAS[isa], meta["out_features"], plan.key)
     layout = uniform_layout if meta["format"] == "uniform" else layer_layout
     lay = layout(meta, buffers)

@@ -34,14 +34,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<UniformPlan>(m, "UniformPlan")
-      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, bool>())
+      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, int64_t>(), pybind11::arg("codes"),
+           pybind11::arg("scales"), pybind11::arg("zscales"), pybind11::arg("n"), pybind11::arg("k"), pybind11::arg("group"),
+           pybind11::arg("bits"))
       .def_readonly("key", &UniformPlan::key)
+      .def("block_tile", &UniformPlan::block_tile, pybind11::arg("nb"))
       .def("forward", &UniformPlan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0,
            pybind11::arg("poison") = false, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("uniform_supported", &uniform_supported, "whether integer-code layers can run on their own kernel (AVX2 or AVX512-VNNI)");
   m.def("uniform_isa", [] { return vnni_supported() ? std::string("avx512-vnni") : avx2_supported() ? std::string("avx2") : std::string(); },
         "which vector path the integer-code kernel takes here");
   m.def("best_isa", &best_isa, "1 scalar, 2 avx2, 3 avx512");
+  m.def("bf16_fill_supported", &bf16_fill_supported, "whether the bf16 tile fills can run (AVX512-BF16)");
   m.def("gemm_supported", &gemm_supported, "whether many-token products can run as dequantize + bf16 brgemm");
   m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },
         "tokens from which a product runs as dequantize + brgemm instead of on the lookup tables");

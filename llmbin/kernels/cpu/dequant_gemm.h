@@ -1,7 +1,7 @@
 // Many-token products (prefill, scoring, distillation): the layer is dequantized on every call, 64 rows at a time,
 // into a small bf16 tile already in the layout oneDNN's batch-reduce GEMM reads (pairs of consecutive k interleaved,
-// "VNNI"), and multiplied with the batch's gathered activations by torch's brgemm: AMX tiles where the CPU has them,
-// AVX512-BF16 dot products where not. Accumulation and the output stay float32.
+// "VNNI"), and multiplied with the batch's gathered activations by torch's brgemm (AMX tiles; gemm_supported() says
+// where torch offers it). Accumulation and the output stay float32.
 //
 // Why not the lookup tables: a table lookup serves 16 rows x 4 weights per instruction, an AMX tile multiply
 // 16 x 16 x 32; past a few tokens the per-call dequantization (~1 instruction per 4 weights, once per call, not
@@ -11,7 +11,7 @@
 // rounded to bf16 (relative error <= 2^-9 each), products are exact in float32 and summed in float32, so
 // |y - y_exact| <= (2^-8 + 2^-16) * sum_k |x_k| |w_k| + float32 summation error. Tests hold the kernel to it.
 //
-// CPUs without AVX512-BF16 (AMD Zen 3, older Xeons) take the float32 twin, dequant_sgemm: the layer as float32 rows
+// CPUs without that brgemm (AMD Zen 3 and Zen 5, older Xeons) take the float32 twin, dequant_sgemm: the layer as float32 rows
 // in ~4 MB chunks, each one multithreaded sgemm. Its weights are the reference's own values, so it differs from the torch
 // backend only in summation order; it wins over the tables because an FMA serves 8 weights x 1 token per
 // instruction for every token, where the tables pay their build and bit extraction again for each token.
@@ -37,10 +37,20 @@ inline int64_t& gemm_min_tokens() {
   return tokens;
 }
 
+bool bf16_fill_supported() {
+#ifdef LLMBIN_X86
+  static const bool ok = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// torch's brgemm packs bf16 only where oneDNN has a bf16 brgemm for it: seen true with AMX (Xeon Sapphire Rapids),
+// false on an AVX512-BF16 CPU without AMX (AMD Zen 5), which then takes the float32 sgemm path.
 bool gemm_supported() {
 #ifdef LLMBIN_X86
-  static const bool ok = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16") &&
-                         at::native::cpublas::could_pack(at::kBFloat16);
+  static const bool ok = bf16_fill_supported() && at::native::cpublas::could_pack(at::kBFloat16);
   return ok;
 #else
   return false;

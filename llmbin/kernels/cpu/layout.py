@@ -127,25 +127,31 @@ def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
     return LayerLayout(segments, src, (src >= 0).float(), None, n, k)
 
 
-def uniform_codes(meta: dict, buffers: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def uniform_codes(meta: dict, buffers: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """A `uniform` layer in the integer-code kernel's layout (uniform_kernels.h): (codes uint8 [NB, lines, 32],
-    scales and -zero*scale float32 [NB, groups, 16], nibbles). Rows padded to blocks of 16, columns to blocks of 32
-    (zero codes); up to 4 bits two codes share a byte."""
+    scales and -zero*scale float32 [NB, groups, 16], bits). Rows padded to blocks of 16, columns to blocks of 32
+    (zero codes); up to 5 bits two codes' low 4 bits share a byte, 5-bit codes add two lines of fifth bits a block."""
     buf = {name: b.detach().cpu() for name, b in buffers.items()}
     n, k, bits = meta["out_features"], meta["in_features"], meta["bits"]
     nb, kp = _ceil(n, 16), _ceil(k, 32) * 32
     codes = F.pad(unpack_codes(buf["qweight"], bits, k).to(torch.uint8), (0, kp - k, 0, nb * 16 - n))
-    nibbles = bits <= 4
-    if nibbles:  # byte h of line q: code(4q + h) | code(4q + 2 + h) << 4
-        quads = codes.view(nb, 16, kp // 4, 4)
+    if bits <= 5:  # byte h of line q: code(4q + h) | code(4q + 2 + h) << 4 (low 4 bits of each)
+        quads = (codes & 15).view(nb, 16, kp // 4, 4)
         pairs = quads[..., 0:2] | (quads[..., 2:4] << 4)
     else:  # byte h of line j: code(2j + h)
         pairs = codes.view(nb, 16, kp // 2, 2)
-    lines = pairs.permute(0, 2, 1, 3).reshape(nb, -1, 32).contiguous()
+    lines = pairs.permute(0, 2, 1, 3).reshape(nb, kp // 32, -1, 32)
+    if bits == 5:  # per block, word 2r + h (uint16, little-endian) bit j = bit 4 of code(r, 2j + h)
+        fifth = ((codes >> 4) & 1).view(nb, 16, kp // 32, 16, 2).to(torch.int32)
+        words = (fifth << torch.arange(16, dtype=torch.int32).view(1, 1, 1, 16, 1)).sum(3)  # [nb, 16, KB, 2]
+        words = words.permute(0, 2, 1, 3).reshape(nb, kp // 32, 32)
+        low_high = torch.stack([words & 255, words >> 8], -1).to(torch.uint8).view(nb, kp // 32, 2, 32)
+        lines = torch.cat([lines, low_high], 2)
+    lines = lines.reshape(nb, -1, 32).contiguous()
     s = buf["scales"].float()
     zs = -buf["zeros"].float() * s
 
     def blocks(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (0, 0, 0, nb * 16 - n)).view(nb, 16, -1).permute(0, 2, 1).contiguous()
 
-    return lines, blocks(s), blocks(zs), nibbles
+    return lines, blocks(s), blocks(zs), bits

@@ -203,7 +203,7 @@ __attribute__((target("avx2,fma"))) void segment_avx2(const Segment& s, const To
 #endif
 
 // kGemm, kSgemm: not ISAs of the table kernels but the many-token paths (dequant_gemm.h), forced
-enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3, kGemm = 4, kSgemm = 5 };
+enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3, kGemm = 4, kSgemm = 5, kIgemm = 6 };
 
 int64_t best_isa() {
 #ifdef LLMBIN_X86
@@ -217,6 +217,15 @@ int64_t best_isa() {
 bool avx2_supported() {
   static const bool ok = best_isa() >= kAvx2;
   return ok;
+}
+
+bool vnni_supported() {
+#ifdef LLMBIN_X86
+  static const bool ok = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+  return ok;
+#else
+  return false;
+#endif
 }
 
 // Runs one segment over row blocks [b0, b1) for tokens [t0, t1).

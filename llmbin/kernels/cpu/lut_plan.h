@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "dequant_gemm.h"
+#include "int_gemm.h"
 #include "lut_kernels.h"
 #include "plan_registry.h"
 #include "spin_pool.h"
@@ -27,6 +29,7 @@ struct Plan : PackedPlan {
   at::Tensor gidx, gscale, sp_values, sp_colidx, sp_rowptr;
   std::vector<at::Tensor> words, scales, offsets;
   std::vector<Segment> segs;
+  std::vector<bool> pow2_planes;  // per segment: plane p's scales are plane 0's times 2^p (integer codes, <= 8 bits)
   int64_t N, K, NB, words_per_token, NG, per_block = 0;
 
   ~Plan() override { unpublish(); }  // before the members go
@@ -58,6 +61,13 @@ struct Plan : PackedPlan {
       segs.push_back(Segment{w.data_ptr<int32_t>(), scales[i].data_ptr<float>(),
                          off ? offsets[i].data_ptr<float>() : nullptr,
                          ng, wpg, w.size(2), word0, NG});
+      bool pow2 = w.size(2) > 1 && w.size(2) <= 8;
+      const float* sc = scales[i].data_ptr<float>();
+      for (int64_t j = 0; pow2 && j < NB * ng; ++j)
+        for (int64_t p = 1; pow2 && p < w.size(2); ++p)
+          for (int64_t r = 0; r < kRows; ++r)
+            pow2 = pow2 && sc[(j * w.size(2) + p) * kRows + r] == std::ldexp(sc[j * w.size(2) * kRows + r], static_cast<int>(p));
+      pow2_planes.push_back(pow2);
       word0 += ng * wpg;
       NG += ng;
       per_block += ng * wpg * w.size(2);
@@ -91,7 +101,8 @@ struct Plan : PackedPlan {
                 "expected CPU activations [..., ", K, "]");
     TORCH_CHECK(isa != kGemm || gemm_supported(), "the dequantize + GEMM path needs AVX512-BF16 and oneDNN's brgemm");
     if (isa == kAuto) isa = best_isa();
-    TORCH_CHECK((isa >= kScalar && isa <= best_isa()) || isa == kGemm || isa == kSgemm,
+    TORCH_CHECK((isa >= kScalar && isa <= best_isa()) || isa == kGemm || isa == kSgemm ||
+                    (isa == kIgemm && vnni_supported()),
                 "requested ISA ", isa, " is not supported by this CPU");
     // A decode step makes ~200 of these calls of a few us each: float32 contiguous input, an output in its final
     // shape and a reused per-thread workspace skip the ATen calls (~0.3-0.5 us each) a general input needs.
@@ -130,6 +141,31 @@ struct Plan : PackedPlan {
           for (int64_t t = t0; t < t1; ++t) run_sparse(xp + t * K, y.data_ptr<float>() + t * NB * kRows, 0, N, best_isa());
         });
       return finish(y, x_in, sizes, M, in_place);
+    }
+    if (isa == kIgemm || (auto_isa && M >= gemm_min_tokens() && vnni_supported())) {
+#ifdef LLMBIN_X86
+      IntTokens tok;
+      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32, tok);
+      std::vector<IntTerm> terms;
+      std::vector<IntOffsets> offs;
+      std::vector<std::pair<size_t, int64_t>> plane_of;  // term -> (segment, first plane); all planes if merged
+      for (size_t i = 0; i < segs.size(); ++i) {
+        const Segment& s = segs[i];
+        for (int64_t p = 0; p < (pow2_planes[i] ? 1 : s.P); ++p) {
+          terms.push_back(IntTerm{s.word0, s.ng * s.wpg, s.wpg, s.scales + p * kRows, s.ng * s.P * kRows, s.P * kRows});
+          plane_of.emplace_back(i, p);
+        }
+        if (s.offsets) offs.push_back(IntOffsets{s.word0, s.ng * s.wpg, s.wpg, s.offsets, s.ng});
+      }
+      const auto stage = [&](int64_t nb, size_t i, int16_t* out) {
+        const Segment& s = segs[plane_of[i].first];
+        const int64_t p = plane_of[i].second, KW = s.ng * s.wpg, P = pow2_planes[plane_of[i].first] ? s.P : 1;
+        for (int64_t w = 0; w < KW; ++w) stage_planes_word(s.words + ((nb * KW + w) * s.P + p) * kRows, P, out + w * 16 * 32);
+      };
+      int_gemm(stage, NB, terms, offs, tok, M, y.data_ptr<float>(), NB * kRows);
+      if (sparse) sparse_as_dense(x, y);
+      return finish(y, x_in, sizes, M, in_place);
+#endif
     }
     if (isa == kSgemm || (auto_isa && M >= gemm_min_tokens() && !gemm_supported())) {
       const int64_t slots = words_per_token * 32;

@@ -8,10 +8,12 @@
 // Compared with the lookup tables over bit planes this needs one instruction per 32 weights for any bit width
 // instead of one per plane per 64: 4-bit layers 2x, the 5-bit head 2.5x fewer instructions.
 //
-// Codes, 16 rows interleaved: a 32-byte line holds, per row r, two bytes (bytes 2r, 2r+1). Up to 4 bits the bytes
-// hold two codes each: line q of a row block, byte 2r+h = code(r, 4q+h) | code(r, 4q+2+h) << 4, so the low nibbles
-// of a line are the k pair (4q, 4q+1) and the high ones (4q+2, 4q+3). From 5 bits on, a byte is one code: line j,
-// byte 2r+h = code(r, 2j+h). Zero-extending a line to int16 makes each 32-bit lane one row's k pair.
+// Codes, 16 rows interleaved: a 32-byte line holds, per row r, two bytes (bytes 2r, 2r+1). Up to 5 bits the bytes
+// hold two codes' low 4 bits each: line q of a block of 32 columns, byte 2r+h = code(r, 4q+h) | code(r, 4q+2+h) << 4,
+// so the low nibbles of a line are the k pair (4q, 4q+1) and the high ones (4q+2, 4q+3). 5-bit codes (the packed
+// embedding and head) add two lines per block after its 8: 32 uint16 words, word 2r+h bit j = bit 4 of code(r, 2j+h),
+// so a block costs 5 bits a code instead of a byte. From 6 bits on, a byte is one code: line j, byte 2r+h =
+// code(r, 2j+h). Zero-extending a line to int16 makes each 32-bit lane one row's k pair.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,8 +30,24 @@ struct UniformLayer {
   const float* scales;   // [NB][ng][16]
   const float* zscales;  // [NB][ng][16]: -zero * scale
   int64_t NB, KB, ng, bpg, lines;  // KB = blocks of 32 activations, bpg = blocks per group
-  bool nibbles;
+  bool nibbles, fifth;  // nibbles: codes of up to 4 bits (or 5 with `fifth`: the bit lines after a block's 8)
+  int64_t per_block() const { return nibbles ? (fifth ? 10 : 8) : 16; }  // lines per block of 32 columns
 };
+
+// Code (r, k) of row block nb, as stored: the portable reading of the layout above.
+inline int32_t code_at(const UniformLayer& L, int64_t nb, int64_t r, int64_t k) {
+  const uint8_t* block = L.codes + (nb * L.lines + (k / 32) * L.per_block()) * 32;
+  const int64_t kk = k % 32, h = kk % 2;
+  if (!L.nibbles) return block[(kk / 2) * 32 + 2 * r + h];
+  const uint8_t byte = block[(kk / 4) * 32 + 2 * r + h];
+  int32_t c = kk % 4 < 2 ? byte & 15 : byte >> 4;
+  if (L.fifth) {
+    const uint8_t* word = block + 8 * 32 + 2 * (2 * r + h);
+    const int32_t bits = word[0] | word[1] << 8;
+    c |= ((bits >> (kk / 2)) & 1) << 4;
+  }
+  return c;
+}
 
 // One token: int16 activations (zero-padded to KB*32), a scale per block, a float sum per group.
 void quantize_token(const float* x, int64_t K, const UniformLayer& L, int16_t* xq, float* xs, float* xsum) {
@@ -51,18 +69,13 @@ void quantize_token(const float* x, int64_t K, const UniformLayer& L, int16_t* x
 // Portable path (and the reference the tests hold the vector path to): same arithmetic, one row at a time.
 void uniform_rows_scalar(const UniformLayer& L, const int16_t* xq, const float* xs, const float* xsum, int64_t nb,
                          float* y) {
-  const uint8_t* base = L.codes + nb * L.lines * 32;
   for (int64_t r = 0; r < kRows; ++r) {
     float yr = 0.f;
     for (int64_t g = 0; g < L.ng; ++g) {
       float gr = 0.f;
       for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
         int32_t acc = 0;
-        for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
-          const int64_t line = L.nibbles ? k / 4 : k / 2, h = k % 2;
-          const uint8_t byte = base[line * 32 + 2 * r + h];
-          acc += (L.nibbles ? (k % 4 < 2 ? byte & 15 : byte >> 4) : byte) * static_cast<int32_t>(xq[k]);
-        }
+        for (int64_t k = b * 32; k < b * 32 + 32; ++k) acc += code_at(L, nb, r, k) * static_cast<int32_t>(xq[k]);
         gr += static_cast<float>(acc) * xs[b];
       }
       yr += gr * L.scales[(nb * L.ng + g) * kRows + r] + L.zscales[(nb * L.ng + g) * kRows + r] * xsum[g];
@@ -72,17 +85,22 @@ void uniform_rows_scalar(const UniformLayer& L, const int16_t* xq, const float* 
 }
 
 #ifdef LLMBIN_X86
-bool vnni_supported() {
-  static const bool ok = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
-  return ok;
+
+// Bit j of each 16-bit lane moved to bit 4 (the fifth bit of a code), everything else cleared.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i fifth_bit512(__m512i words, int j) {
+  const __m512i t = j <= 4 ? _mm512_sll_epi16(words, _mm_cvtsi32_si128(4 - j))
+                           : _mm512_srl_epi16(words, _mm_cvtsi32_si128(j - 4));
+  return _mm512_and_si512(t, _mm512_set1_epi16(16));
 }
 
-// RB row blocks from nb on: RB independent int32 chains hide vpdpwssd's latency.
-template <int RB, bool NIB>
+// RB row blocks from nb on: RB independent int32 chains hide vpdpwssd's latency. FIFTH (5-bit codes): each nibble
+// gets its fifth bit from the block's bit lines before the multiply.
+template <int RB, bool NIB, bool FIFTH = false>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(const UniformLayer& L, const int16_t* xq,
                                                                              const float* xs, const float* xsum,
                                                                              int64_t nb, float* y) {
   const __m512i low = _mm512_set1_epi16(15);
+  const int64_t lpb = L.per_block();
   __m512 yacc[RB];
   for (int r = 0; r < RB; ++r) yacc[r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < L.ng; ++g) {
@@ -93,15 +111,23 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(co
       __m512i acc[RB];
       for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
       if constexpr (NIB) {
+        __m512i hb[RB];
+        if constexpr (FIFTH)
+          for (int r = 0; r < RB; ++r) hb[r] = _mm512_loadu_si512(L.codes + ((nb + r) * L.lines + b * lpb + 8) * 32);
 #pragma GCC unroll 8
         for (int q = 0; q < 8; ++q) {
           const __m512i xlo = _mm512_set1_epi32(pairs[2 * q]), xhi = _mm512_set1_epi32(pairs[2 * q + 1]);
 #pragma GCC unroll 4
           for (int r = 0; r < RB; ++r) {
             const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
-                reinterpret_cast<const __m256i*>(L.codes + ((nb + r) * L.lines + b * 8 + q) * 32)));
-            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_and_si512(w, low), xlo);
-            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_srli_epi16(w, 4), xhi);
+                reinterpret_cast<const __m256i*>(L.codes + ((nb + r) * L.lines + b * lpb + q) * 32)));
+            __m512i lo = _mm512_and_si512(w, low), hi = _mm512_srli_epi16(w, 4);
+            if constexpr (FIFTH) {
+              lo = _mm512_or_si512(lo, fifth_bit512(hb[r], 2 * q));
+              hi = _mm512_or_si512(hi, fifth_bit512(hb[r], 2 * q + 1));
+            }
+            acc[r] = _mm512_dpwssd_epi32(acc[r], lo, xlo);
+            acc[r] = _mm512_dpwssd_epi32(acc[r], hi, xhi);
           }
         }
       } else {
@@ -111,7 +137,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(co
 #pragma GCC unroll 4
           for (int r = 0; r < RB; ++r) {
             const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
-                reinterpret_cast<const __m256i*>(L.codes + ((nb + r) * L.lines + b * 16 + j) * 32)));
+                reinterpret_cast<const __m256i*>(L.codes + ((nb + r) * L.lines + b * lpb + j) * 32)));
             acc[r] = _mm512_dpwssd_epi32(acc[r], w, xp);
           }
         }
@@ -127,6 +153,29 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(co
     }
   }
   for (int r = 0; r < RB; ++r) _mm512_storeu_ps(y + r * kRows, yacc[r]);
+}
+
+// Block b of row block nb as 16 int16 k-pair registers (int_gemm.h's staging): lane r of pair p holds codes
+// (r, 32b + 2p) and (r, 32b + 2p + 1).
+__attribute__((target("avx512f,avx512bw"))) void uniform_stage_block(const UniformLayer& L, int64_t nb, int64_t b,
+                                                                    int16_t* out) {
+  const uint8_t* block = L.codes + (nb * L.lines + b * L.per_block()) * 32;
+  const __m512i low = _mm512_set1_epi16(15);
+  const __m512i hb = L.fifth ? _mm512_loadu_si512(block + 8 * 32) : _mm512_setzero_si512();
+  for (int line = 0; line < (L.nibbles ? 8 : 16); ++line) {
+    const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + line * 32)));
+    if (!L.nibbles) {
+      _mm512_storeu_si512(out + line * 32, w);
+      continue;
+    }
+    __m512i lo = _mm512_and_si512(w, low), hi = _mm512_srli_epi16(w, 4);
+    if (L.fifth) {
+      lo = _mm512_or_si512(lo, fifth_bit512(hb, 2 * line));
+      hi = _mm512_or_si512(hi, fifth_bit512(hb, 2 * line + 1));
+    }
+    _mm512_storeu_si512(out + (2 * line) * 32, lo);
+    _mm512_storeu_si512(out + (2 * line + 1) * 32, hi);
+  }
 }
 
 // One k pair of 16 rows (lane r: codes (2 pair, 2 pair + 1) as int16) as bf16 weights into a brgemm tile.
@@ -150,14 +199,21 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
     const __m512 s = _mm512_loadu_ps(L.scales + (nb * L.ng + g) * kRows);
     const __m512 zs = _mm512_loadu_ps(L.zscales + (nb * L.ng + g) * kRows);
     for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
-      for (int64_t line = b * (L.nibbles ? 8 : 16); line < (b + 1) * (L.nibbles ? 8 : 16); ++line) {
-        const __m512i w = _mm512_cvtepu8_epi16(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.codes + (nb * L.lines + line) * 32)));
-        if (L.nibbles) {
-          put_pair(_mm512_and_si512(w, low), 2 * line, s, zs, tile, col0, tile_cols);
-          put_pair(_mm512_srli_epi16(w, 4), 2 * line + 1, s, zs, tile, col0, tile_cols);
+      const uint8_t* block = L.codes + (nb * L.lines + b * L.per_block()) * 32;
+      const __m512i hb = L.fifth ? _mm512_loadu_si512(block + 8 * 32) : _mm512_setzero_si512();
+      for (int line = 0; line < (L.nibbles ? 8 : 16); ++line) {
+        const __m512i w =
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + line * 32)));
+        if (L.nibbles) {  // pairs are numbered across blocks: block b's line q holds pairs 16b + 2q, 16b + 2q + 1
+          __m512i lo = _mm512_and_si512(w, low), hi = _mm512_srli_epi16(w, 4);
+          if (L.fifth) {
+            lo = _mm512_or_si512(lo, fifth_bit512(hb, 2 * line));
+            hi = _mm512_or_si512(hi, fifth_bit512(hb, 2 * line + 1));
+          }
+          put_pair(lo, 16 * b + 2 * line, s, zs, tile, col0, tile_cols);
+          put_pair(hi, 16 * b + 2 * line + 1, s, zs, tile, col0, tile_cols);
         } else {
-          put_pair(w, line, s, zs, tile, col0, tile_cols);
+          put_pair(w, 16 * b + line, s, zs, tile, col0, tile_cols);
         }
       }
     }
@@ -167,10 +223,17 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
 // uniform_rows_vnni's arithmetic on AVX2: a line's 16 bytes of rows 0-7 and of rows 8-15 each widen to one register
 // of 8 rows x a k pair, vpmaddwd multiplies it by the broadcast activation pair and sums the pair (exact: both
 // products < 2^23). RB = 2 keeps the 3 x 2 x RB accumulators within AVX2's 16 registers.
-template <int RB, bool NIB>
+__attribute__((target("avx2"))) inline __m256i fifth_bit256(__m256i words, int j) {
+  const __m256i t = j <= 4 ? _mm256_sll_epi16(words, _mm_cvtsi32_si128(4 - j))
+                           : _mm256_srl_epi16(words, _mm_cvtsi32_si128(j - 4));
+  return _mm256_and_si256(t, _mm256_set1_epi16(16));
+}
+
+template <int RB, bool NIB, bool FIFTH = false>
 __attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L, const int16_t* xq, const float* xs,
                                                           const float* xsum, int64_t nb, float* y) {
   const __m256i low = _mm256_set1_epi16(15);
+  const int64_t lpb = L.per_block();
   __m256 yacc[RB][2];
   for (int r = 0; r < RB; ++r) yacc[r][0] = yacc[r][1] = _mm256_setzero_ps();
   for (int64_t g = 0; g < L.ng; ++g) {
@@ -186,10 +249,17 @@ __attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L
           const __m256i xlo = _mm256_set1_epi32(pairs[2 * q]), xhi = _mm256_set1_epi32(pairs[2 * q + 1]);
           for (int r = 0; r < RB; ++r)
             for (int h = 0; h < 2; ++h) {
-              const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                  reinterpret_cast<const __m128i*>(L.codes + ((nb + r) * L.lines + b * 8 + q) * 32 + 16 * h)));
-              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_and_si256(w, low), xlo));
-              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_srli_epi16(w, 4), xhi));
+              const uint8_t* block = L.codes + ((nb + r) * L.lines + b * lpb) * 32;
+              const __m256i w =
+                  _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + q * 32 + 16 * h)));
+              __m256i lo = _mm256_and_si256(w, low), hi = _mm256_srli_epi16(w, 4);
+              if constexpr (FIFTH) {  // rows 8h..8h+7 are words 16h..16h+15 of the bit lines
+                const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 8 * 32 + 32 * h));
+                lo = _mm256_or_si256(lo, fifth_bit256(hb, 2 * q));
+                hi = _mm256_or_si256(hi, fifth_bit256(hb, 2 * q + 1));
+              }
+              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(lo, xlo));
+              acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(hi, xhi));
             }
         }
       } else {
@@ -199,7 +269,7 @@ __attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L
           for (int r = 0; r < RB; ++r)
             for (int h = 0; h < 2; ++h) {
               const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                  reinterpret_cast<const __m128i*>(L.codes + ((nb + r) * L.lines + b * 16 + j) * 32 + 16 * h)));
+                  reinterpret_cast<const __m128i*>(L.codes + ((nb + r) * L.lines + b * lpb + j) * 32 + 16 * h)));
               acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(w, xp));
             }
         }
@@ -219,8 +289,6 @@ __attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L
   for (int r = 0; r < RB; ++r)
     for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + r * kRows + 8 * h, yacc[r][h]);
 }
-#else
-bool vnni_supported() { return false; }
 #endif
 
 bool uniform_supported() { return vnni_supported() || avx2_supported(); }
@@ -229,10 +297,12 @@ bool uniform_supported() { return vnni_supported() || avx2_supported(); }
 // uniform_block_f32 for nibble lines on AVX2: 8 bytes of a line are 4 rows x (k 4q, 4q+1 | 4q+2, 4q+3 in the high
 // nibbles); widened to int32, the low and high nibbles interleave per 64-bit pair into each row's 4 consecutive
 // codes (rows r and r + 2 share a register, one per 128-bit lane), converted and scaled in 2 instructions.
+// 5-bit codes: the 8 bit-line words of those 4 rows x 2 codes widen the same way and give each code its fifth bit.
 __attribute__((target("avx2,fma"))) void uniform_block_f32_avx2(const UniformLayer& L, int64_t nb, int64_t col0,
                                                                float* rows, int64_t slots) {
   const uint8_t* base = L.codes + nb * L.lines * 32;
-  const __m256i low = _mm256_set1_epi32(15);
+  const int64_t lpb = L.per_block();
+  const __m256i low = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
   for (int64_t g = 0; g < L.ng; ++g) {
     const float* sc = L.scales + (nb * L.ng + g) * kRows;
     const float* zs = L.zscales + (nb * L.ng + g) * kRows;
@@ -243,10 +313,19 @@ __attribute__((target("avx2,fma"))) void uniform_block_f32_avx2(const UniformLay
         z[2 * i + h] = _mm256_setr_m128(_mm_set1_ps(zs[4 * i + h]), _mm_set1_ps(zs[4 * i + h + 2]));
       }
     for (int64_t line = g * L.bpg * 8; line < std::min(L.KB, (g + 1) * L.bpg) * 8; ++line) {
-      const uint8_t* src = base + line * 32;
+      const int64_t q = line % 8;
+      const uint8_t* src = base + ((line / 8) * lpb + q) * 32;
       for (int i = 0; i < 4; ++i) {
         const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * i)));
-        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_srli_epi32(v, 4);
+        __m256i lo = _mm256_and_si256(v, low), hi = _mm256_srli_epi32(v, 4);
+        if (L.fifth) {  // words 8i..8i+7 of the block's bit lines: the same 4 rows x 2 codes
+          const __m256i words = _mm256_cvtepu16_epi32(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (8 - q) * 32 + 16 * i)));
+          const __m256i b_lo = _mm256_and_si256(_mm256_srl_epi32(words, _mm_cvtsi32_si128(2 * q)), one);
+          const __m256i b_hi = _mm256_and_si256(_mm256_srl_epi32(words, _mm_cvtsi32_si128(2 * q + 1)), one);
+          lo = _mm256_or_si256(lo, _mm256_slli_epi32(b_lo, 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi32(b_hi, 4));
+        }
         for (int h = 0; h < 2; ++h) {
           const __m256i q = h ? _mm256_unpackhi_epi64(lo, hi) : _mm256_unpacklo_epi64(lo, hi);
           const __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s[2 * i + h], z[2 * i + h]);
@@ -267,21 +346,27 @@ void uniform_block_f32(const UniformLayer& L, int64_t nb, int64_t col0, float* r
 #ifdef LLMBIN_X86
   if (L.nibbles && avx2_supported()) return uniform_block_f32_avx2(L, nb, col0, rows, slots);
 #endif
-  const uint8_t* base = L.codes + nb * L.lines * 32;
   uint8_t c[32];
   for (int64_t r = 0; r < kRows; ++r) {
     float* out = rows + (col0 + r) * slots;
     for (int64_t g = 0; g < L.ng; ++g) {
       const float s = L.scales[(nb * L.ng + g) * kRows + r], zs = L.zscales[(nb * L.ng + g) * kRows + r];
       for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
+        const uint8_t* block = L.codes + (nb * L.lines + b * L.per_block()) * 32;
         if (L.nibbles) {
           for (int q = 0; q < 8; ++q) {
-            const uint8_t* pair = base + (b * 8 + q) * 32 + 2 * r;
+            const uint8_t* pair = block + q * 32 + 2 * r;
             c[4 * q] = pair[0] & 15, c[4 * q + 1] = pair[1] & 15, c[4 * q + 2] = pair[0] >> 4, c[4 * q + 3] = pair[1] >> 4;
           }
+          if (L.fifth)
+            for (int h = 0; h < 2; ++h) {
+              const uint8_t* word = block + 8 * 32 + 2 * (2 * r + h);
+              const int32_t bits = word[0] | word[1] << 8;
+              for (int j = 0; j < 16; ++j) c[2 * j + h] |= ((bits >> j) & 1) << 4;
+            }
         } else {
           for (int j = 0; j < 16; ++j) {
-            const uint8_t* pair = base + (b * 16 + j) * 32 + 2 * r;
+            const uint8_t* pair = block + j * 32 + 2 * r;
             c[2 * j] = pair[0], c[2 * j + 1] = pair[1];
           }
         }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dequant_gemm.h"
+#include "int_gemm.h"
 #include "plan_registry.h"
 #include "spin_pool.h"
 #include "uniform_kernels.h"
@@ -25,26 +26,57 @@ struct UniformPlan : PackedPlan {
   UniformLayer L;
   int64_t N, K;
 
-  // codes uint8 [NB, lines, 32] (uniform_kernels.h's layout), scales / zscales float [NB, ng, 16]
-  UniformPlan(at::Tensor codes_, at::Tensor scales_, at::Tensor zscales_, int64_t n, int64_t k, int64_t group, bool nib)
+  // codes uint8 [NB, lines, 32] (uniform_kernels.h's layout for `bits`), scales / zscales float [NB, ng, 16]
+  UniformPlan(at::Tensor codes_, at::Tensor scales_, at::Tensor zscales_, int64_t n, int64_t k, int64_t group,
+              int64_t bits)
       : codes(codes_.contiguous()), scales(scales_.contiguous()), zscales(zscales_.contiguous()), N(n), K(k) {
     TORCH_CHECK(uniform_supported(), "the integer-code kernel needs AVX512-VNNI or AVX2");
+    TORCH_CHECK(bits >= 1 && bits <= 8, "integer codes have 1 to 8 bits, not ", bits);
     const int64_t NB = (N + kRows - 1) / kRows, KB = (K + 31) / 32;
     TORCH_CHECK(group % 32 == 0 || group >= K, "integer-code groups must be whole blocks of 32 columns");
     const int64_t bpg = group >= K ? KB : group / 32, ng = (KB + bpg - 1) / bpg;
-    const int64_t lines = KB * (nib ? 8 : 16);
+    const bool nib = bits <= 5, fifth = bits == 5;
+    const int64_t lines = KB * (nib ? (fifth ? 10 : 8) : 16);
     TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 3 && codes.size(0) == NB && codes.size(1) == lines &&
                 codes.size(2) == 32, "bad integer codes tensor");
     for (const at::Tensor* t : {&scales, &zscales})
       TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == NB * ng * kRows, "bad integer-code scales");
     L = UniformLayer{codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), zscales.data_ptr<float>(), NB, KB, ng, bpg,
-                     lines, nib};
+                     lines, nib, fifth};
     gidx = at::arange(KB * 32, at::kInt).masked_fill(at::arange(KB * 32, at::kInt) >= K, -1);
     gscale = (gidx >= 0).to(at::kFloat);
     publish();
   }
   ~UniformPlan() override { unpublish(); }
+
+  // Row block nb as the bf16 tile the brgemm path multiplies, [KB*16 k pairs][kGemmCols][2] (its 16 rows first):
+  // lets tests check the fill on any CPU with AVX512-BF16, AMX or not.
+  at::Tensor block_tile(int64_t nb) const {
+    TORCH_CHECK(nb >= 0 && nb < L.NB, "row block ", nb, " is outside [0, ", L.NB, ")");
+    at::Tensor tile = at::zeros({L.KB * 16, kGemmCols, 2}, at::kBFloat16);
+#ifdef LLMBIN_X86
+    TORCH_CHECK(bf16_fill_supported(), "the bf16 tile fill needs AVX512-BF16");
+    uniform_block_vnni(L, nb, 0, reinterpret_cast<uint16_t*>(tile.data_ptr()), kGemmCols);
+#else
+    TORCH_CHECK(false, "the bf16 tile fill needs AVX512-BF16");
+#endif
+    return tile;
+  }
   int64_t rows() const override { return N; }
+
+#ifdef LLMBIN_X86
+  template <bool NIB, bool FIFTH>
+  void vnni_rows(const int16_t* xq, const float* xs, const float* xsum, int64_t nb, int64_t b1, float* y) const {
+    for (; nb + kUniformPass <= b1; nb += kUniformPass)
+      uniform_rows_vnni<kUniformPass, NIB, FIFTH>(L, xq, xs, xsum, nb, y + nb * kRows);
+    for (; nb < b1; ++nb) uniform_rows_vnni<1, NIB, FIFTH>(L, xq, xs, xsum, nb, y + nb * kRows);
+  }
+  template <bool NIB, bool FIFTH>
+  void avx2_rows(const int16_t* xq, const float* xs, const float* xsum, int64_t nb, int64_t b1, float* y) const {
+    for (; nb + 2 <= b1; nb += 2) uniform_rows_avx2<2, NIB, FIFTH>(L, xq, xs, xsum, nb, y + nb * kRows);
+    for (; nb < b1; ++nb) uniform_rows_avx2<1, NIB, FIFTH>(L, xq, xs, xsum, nb, y + nb * kRows);
+  }
+#endif
 
   // row blocks [b0, b1) of one token; isa: kScalar, kAvx2 or kAvx512 (VNNI)
   void rows_of(const int16_t* xq, const float* xs, const float* xsum, int64_t b0, int64_t b1, float* y,
@@ -52,19 +84,14 @@ struct UniformPlan : PackedPlan {
     int64_t nb = b0;
 #ifdef LLMBIN_X86
     if (isa == kAvx512) {
-      for (; nb + kUniformPass <= b1; nb += kUniformPass)
-        L.nibbles ? uniform_rows_vnni<kUniformPass, true>(L, xq, xs, xsum, nb, y + nb * kRows)
-                  : uniform_rows_vnni<kUniformPass, false>(L, xq, xs, xsum, nb, y + nb * kRows);
-      for (; nb < b1; ++nb)
-        L.nibbles ? uniform_rows_vnni<1, true>(L, xq, xs, xsum, nb, y + nb * kRows)
-                  : uniform_rows_vnni<1, false>(L, xq, xs, xsum, nb, y + nb * kRows);
-    } else if (isa == kAvx2) {
-      for (; nb + 2 <= b1; nb += 2)
-        L.nibbles ? uniform_rows_avx2<2, true>(L, xq, xs, xsum, nb, y + nb * kRows)
-                  : uniform_rows_avx2<2, false>(L, xq, xs, xsum, nb, y + nb * kRows);
-      for (; nb < b1; ++nb)
-        L.nibbles ? uniform_rows_avx2<1, true>(L, xq, xs, xsum, nb, y + nb * kRows)
-                  : uniform_rows_avx2<1, false>(L, xq, xs, xsum, nb, y + nb * kRows);
+      if (L.fifth) return vnni_rows<true, true>(xq, xs, xsum, nb, b1, y);
+      if (L.nibbles) return vnni_rows<true, false>(xq, xs, xsum, nb, b1, y);
+      return vnni_rows<false, false>(xq, xs, xsum, nb, b1, y);
+    }
+    if (isa == kAvx2) {
+      if (L.fifth) return avx2_rows<true, true>(xq, xs, xsum, nb, b1, y);
+      if (L.nibbles) return avx2_rows<true, false>(xq, xs, xsum, nb, b1, y);
+      return avx2_rows<false, false>(xq, xs, xsum, nb, b1, y);
     }
 #endif
     for (; nb < b1; ++nb) uniform_rows_scalar(L, xq, xs, xsum, nb, y + nb * kRows);
@@ -73,8 +100,10 @@ struct UniformPlan : PackedPlan {
   at::Tensor forward(const at::Tensor& x_in, int64_t isa, bool poison) const override {
     TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
     TORCH_CHECK(isa == kAuto || isa == kScalar || isa == kSgemm || (isa == kAvx512 && vnni_supported()) ||
-                    (isa == kAvx2 && avx2_supported()) || (isa == kGemm && gemm_supported()),
-                "the integer-code kernel runs as scalar, avx2, avx512 (VNNI), gemm or sgemm on this CPU, not ISA ", isa);
+                    (isa == kAvx2 && avx2_supported()) || (isa == kGemm && gemm_supported()) ||
+                    (isa == kIgemm && vnni_supported()),
+                "the integer-code kernel runs as scalar, avx2, avx512 (VNNI), gemm, igemm or sgemm on this CPU, not ISA ",
+                isa);
     const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
     const at::Tensor x = direct ? x_in : x_in.reshape({-1, K}).to(at::kFloat).contiguous();
     const int64_t M = x.numel() / K, NB = L.NB, ldy = NB * kRows;
@@ -88,6 +117,17 @@ struct UniformPlan : PackedPlan {
     if (isa == kGemm || (isa == kAuto && M >= gemm_min_tokens() && gemm_supported())) {
       const auto fill = [&](int64_t nb, int64_t col0, uint16_t* tile) { uniform_block_vnni(L, nb, col0, tile, kGemmCols); };
       dequant_gemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
+    } else if (isa == kIgemm || (isa == kAuto && M >= gemm_min_tokens() && vnni_supported())) {
+#ifdef LLMBIN_X86
+      IntTokens tok;
+      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok);
+      const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, L.scales, L.ng * kRows, kRows}};
+      const std::vector<IntOffsets> offs{IntOffsets{0, L.KB, L.bpg, L.zscales, L.ng}};
+      const auto stage = [&](int64_t nb, size_t, int16_t* out) {
+        for (int64_t b = 0; b < L.KB; ++b) uniform_stage_block(L, nb, b, out + b * 16 * 32);
+      };
+      int_gemm(stage, NB, terms, offs, tok, M, yp, ldy);
+#endif
     } else if (isa == kSgemm || (isa == kAuto && M >= gemm_min_tokens())) {
       const auto fill = [&](int64_t nb, int64_t col0, float* rows) { uniform_block_f32(L, nb, col0, rows, L.KB * 32); };
       dequant_sgemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
