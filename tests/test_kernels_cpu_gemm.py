@@ -127,12 +127,13 @@ def test_uniform_layers_run_packed_on_cpu(bits, group, ext):
     assert not any(t.numel() == 72 * 256 and t.dtype == torch.float32 for t in module.buffers())
 
 
-def int16_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def int16_bound(x: torch.Tensor, w: torch.Tensor, levels: int = 65534) -> torch.Tensor:
     """The integer-code kernel's stated tolerance: activations rounded to int16 per block of 32 (|error| <= max|x| of
-    the block / 65534), exact int32 sums, float32 after: sum over blocks of that error x sum|w| + float32 rounding."""
+    the block / 65534; int8: / 254), exact int32 sums, float32 after: sum over blocks of that error x sum|w| + float32
+    rounding."""
     k = x.shape[1]
     kp = -(-k // 32) * 32
-    xb = torch.nn.functional.pad(x.double().abs(), (0, kp - k)).view(x.shape[0], -1, 32).amax(-1) / 65534
+    xb = torch.nn.functional.pad(x.double().abs(), (0, kp - k)).view(x.shape[0], -1, 32).amax(-1) / levels
     wb = torch.nn.functional.pad(w.double().abs(), (0, kp - k)).view(w.shape[0], -1, 32).sum(-1)
     return xb @ wb.T + k * 2.0 ** -23 * (x.double().abs() @ w.double().abs().T)
 
@@ -211,20 +212,29 @@ def test_integer_gemm_within_the_stated_bound(kind, args, igemm):
     """The many-token integer GEMM (int_gemm.h) against float64 math on the format's dense weights: uniform layers
     within the integer kernel's elementwise bound (int16_bound: same activations, same sums); bit-plane layers, whose
     slots hold gathered and scaled activations, within a relative 1e-4 (the int16 rounding is 2^-15 of a block's
-    largest value). Unforced, from the token threshold on, it is what a CPU without a bf16 brgemm runs."""
+    largest value). Unforced, from the token threshold on, it is what a CPU without a bf16 brgemm runs. igemm8 (int8
+    activations, the opt-in LLMBIN_CPU_GEMM_INT8=1) the same way at its own rounding: / 254, relative 2e-2."""
     fmt = build(kind, args)
     state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
     k = fmt.in_features
     for m in (1, 5, 16, 37, 300):
         x = torch.randn(m, k) * torch.rand(1, k) * 4  # blocks of unequal size
-        y = cpu.lut_matmul(state, x, "igemm", poison=True)
         exact = x.double() @ w.double().T
-        if kind == "uniform":
-            assert ((y.double() - exact).abs() <= int16_bound(x, w)).all(), m
-        else:
-            assert rel_err(y, exact.float(), w, x) <= 1e-4, m
-        if m >= 16 and not igemm.gemm_supported():
-            assert torch.equal(y, cpu.lut_matmul(state, x))
+        for isa, levels, tol in (("igemm", 65534, 1e-4), ("igemm8", 254, 2e-2)):
+            y = cpu.lut_matmul(state, x, isa, poison=True)
+            if kind == "uniform":
+                assert ((y.double() - exact).abs() <= int16_bound(x, w, levels)).all(), (isa, m)
+            else:
+                assert rel_err(y, exact.float(), w, x) <= tol, (isa, m)
+            if isa == "igemm" and m >= 16 and not igemm.gemm_supported():
+                assert torch.equal(y, cpu.lut_matmul(state, x))
+    igemm.set_int_gemm_int8(True)
+    try:
+        x = torch.randn(20, k)
+        assert torch.equal(cpu.lut_matmul(state, x, "igemm8"), cpu.lut_matmul(state, x, "auto" if not
+                           igemm.gemm_supported() else "igemm8"))
+    finally:
+        igemm.set_int_gemm_int8(False)
 
 
 def test_integer_gemm_does_not_depend_on_the_thread_count(igemm):

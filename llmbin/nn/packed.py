@@ -11,6 +11,11 @@ from ..host.memory import release_freed_memory, release_mapped_pages
 from ..kernels import select_backend
 
 
+# A repack's temporaries are a few times its layer: a decoder layer's go back to the heap and serve the next layer's;
+# an embedding's or head's (tens of MB) are worth handing back to the system (malloc_trim costs ~2 ms a call).
+_TRIM_AFTER_BYTES = 4 << 20
+
+
 class PackedMatrix(nn.Module):
     """Buffers are exactly the format's on-disk tensors (KERNELS.md); `matmul(x)` = x W^T through a backend."""
 
@@ -50,7 +55,8 @@ class PackedMatrix(nn.Module):
             self._prepared[key] = (backend, backend.prepare(self))
             if getattr(backend, "owns_weights", False):  # its plan holds the weights: the mapped shard pages can go,
                 release_mapped_pages(self.buffers(recurse=False))
-                release_freed_memory()  # and the repack's temporaries (a head's codes as int32: ~4x its plan)
+                if sum(b.nbytes for b in self.buffers(recurse=False)) >= _TRIM_AFTER_BYTES:
+                    release_freed_memory()  # and the repack's temporaries (a head's codes as int32: ~4x its plan)
         return self._prepared[key]
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from .layout import layer_layout, uniform_codes, uniform_layout
 
 # gemm, igemm, sgemm: the many-token paths (dequant_gemm.h: bf16 brgemm where torch offers it; int_gemm.h: the
 # integer GEMM on AVX512-VNNI CPUs without it; else float32 sgemm)
-ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "gemm": 4, "sgemm": 5, "igemm": 6}
+ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "gemm": 4, "sgemm": 5, "igemm": 6, "igemm8": 7}
 ROWS = 16  # rows per interleaved block = entries per lookup table
 
 
@@ -87,8 +87,10 @@ def many_token_paths(ext) -> str:
     if not ext.gemm_supported() and ext.uniform_isa() == "avx512-vnni":
         return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of "
                 f"{ext.gemm_min_tokens()}+ tokens as the AVX512-VNNI integer GEMM (torch offers no bf16 brgemm on "
-                "this CPU, seen only with AMX; int16 activations per block of 32, |error| <= max|x| / 65534 each; "
-                "LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
+                "this CPU, seen only with AMX; " + ("int8 activations per block of 32, |error| <= max|x| / 254 each "
+                "(LLMBIN_CPU_GEMM_INT8=1)" if ext.int_gemm_int8() else "int16 activations per block of 32, |error| "
+                "<= max|x| / 65534 each; LLMBIN_CPU_GEMM_INT8=1: int8, faster, coarser") +
+                "; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
     if not ext.gemm_supported():
         return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of "
                 f"{ext.gemm_min_tokens()}+ tokens as a per-call float32 dequantization + sgemm (torch offers no bf16 "
@@ -110,6 +112,11 @@ def _configure(ext) -> None:
         ext.set_gemm_min_tokens(int(raw) or 1 << 62)
     elif exact_only():
         ext.set_gemm_min_tokens(1 << 62)
+    int8 = os.environ.get("LLMBIN_CPU_GEMM_INT8", "").strip()
+    if int8 not in ("", "0", "1"):
+        raise ValueError(f"LLMBIN_CPU_GEMM_INT8={int8}: 1 (int8 activations in the integer GEMM) or 0 (int16)")
+    if int8:
+        ext.set_int_gemm_int8(int8 == "1")
     _paths_said = True
     print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)
 

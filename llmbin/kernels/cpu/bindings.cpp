@@ -50,6 +50,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },
         "tokens from which a product runs as dequantize + brgemm instead of on the lookup tables");
   m.def("gemm_min_tokens", [] { return gemm_min_tokens(); });
+  m.def("set_int_gemm_int8", [](bool on) { int_gemm_int8() = on; },
+        "whether the integer GEMM (auto path) rounds activations to int8 (vpdpbusd) instead of int16 (vpdpwssd)");
+  m.def("int_gemm_int8", [] { return int_gemm_int8(); });
   m.def("set_gemv_threads", [](int n) { requested_threads() = std::max(1, std::min(n, SpinPool::kMaxHelpers + 1)); },
         "threads for the calling thread's one-token matmuls (1: the caller only; more: its own spinning helpers)");
   m.def("gemv_threads", [] { return requested_threads(); }, "the calling thread's setting");

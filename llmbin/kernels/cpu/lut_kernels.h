@@ -203,7 +203,7 @@ __attribute__((target("avx2,fma"))) void segment_avx2(const Segment& s, const To
 #endif
 
 // kGemm, kSgemm: not ISAs of the table kernels but the many-token paths (dequant_gemm.h), forced
-enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3, kGemm = 4, kSgemm = 5, kIgemm = 6 };
+enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3, kGemm = 4, kSgemm = 5, kIgemm = 6, kIgemm8 = 7 };
 
 int64_t best_isa() {
 #ifdef LLMBIN_X86

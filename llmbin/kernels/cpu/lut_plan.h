@@ -102,7 +102,7 @@ struct Plan : PackedPlan {
     TORCH_CHECK(isa != kGemm || gemm_supported(), "the dequantize + GEMM path needs AVX512-BF16 and oneDNN's brgemm");
     if (isa == kAuto) isa = best_isa();
     TORCH_CHECK((isa >= kScalar && isa <= best_isa()) || isa == kGemm || isa == kSgemm ||
-                    (isa == kIgemm && vnni_supported()),
+                    ((isa == kIgemm || isa == kIgemm8) && vnni_supported()),
                 "requested ISA ", isa, " is not supported by this CPU");
     // A decode step makes ~200 of these calls of a few us each: float32 contiguous input, an output in its final
     // shape and a reused per-thread workspace skip the ATen calls (~0.3-0.5 us each) a general input needs.
@@ -142,10 +142,11 @@ struct Plan : PackedPlan {
         });
       return finish(y, x_in, sizes, M, in_place);
     }
-    if (isa == kIgemm || (auto_isa && M >= gemm_min_tokens() && vnni_supported())) {
+    if (isa == kIgemm || isa == kIgemm8 || (auto_isa && M >= gemm_min_tokens() && vnni_supported())) {
+      const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_int8());
 #ifdef LLMBIN_X86
       IntTokens tok;
-      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32, tok);
+      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32, tok, q8);
       std::vector<IntTerm> terms;
       std::vector<IntOffsets> offs;
       std::vector<std::pair<size_t, int64_t>> plane_of;  // term -> (segment, first plane); all planes if merged
@@ -162,7 +163,7 @@ struct Plan : PackedPlan {
         const int64_t p = plane_of[i].second, KW = s.ng * s.wpg, P = pow2_planes[plane_of[i].first] ? s.P : 1;
         for (int64_t w = 0; w < KW; ++w) stage_planes_word(s.words + ((nb * KW + w) * s.P + p) * kRows, P, out + w * 16 * 32);
       };
-      int_gemm(stage, NB, terms, offs, tok, M, y.data_ptr<float>(), NB * kRows);
+      int_gemm(stage, NB, terms, offs, tok, M, y.data_ptr<float>(), NB * kRows, q8);
       if (sparse) sparse_as_dense(x, y);
       return finish(y, x_in, sizes, M, in_place);
 #endif

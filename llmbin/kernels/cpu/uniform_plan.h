@@ -101,7 +101,7 @@ struct UniformPlan : PackedPlan {
     TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() >= 1 && x_in.size(-1) == K, "expected CPU activations [..., ", K, "]");
     TORCH_CHECK(isa == kAuto || isa == kScalar || isa == kSgemm || (isa == kAvx512 && vnni_supported()) ||
                     (isa == kAvx2 && avx2_supported()) || (isa == kGemm && gemm_supported()) ||
-                    (isa == kIgemm && vnni_supported()),
+                    ((isa == kIgemm || isa == kIgemm8) && vnni_supported()),
                 "the integer-code kernel runs as scalar, avx2, avx512 (VNNI), gemm, igemm or sgemm on this CPU, not ISA ",
                 isa);
     const bool direct = x_in.scalar_type() == at::kFloat && x_in.is_contiguous();
@@ -117,16 +117,17 @@ struct UniformPlan : PackedPlan {
     if (isa == kGemm || (isa == kAuto && M >= gemm_min_tokens() && gemm_supported())) {
       const auto fill = [&](int64_t nb, int64_t col0, uint16_t* tile) { uniform_block_vnni(L, nb, col0, tile, kGemmCols); };
       dequant_gemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
-    } else if (isa == kIgemm || (isa == kAuto && M >= gemm_min_tokens() && vnni_supported())) {
+    } else if (isa == kIgemm || isa == kIgemm8 || (isa == kAuto && M >= gemm_min_tokens() && vnni_supported())) {
+      const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_int8());
 #ifdef LLMBIN_X86
       IntTokens tok;
-      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok);
+      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok, q8);
       const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, L.scales, L.ng * kRows, kRows}};
       const std::vector<IntOffsets> offs{IntOffsets{0, L.KB, L.bpg, L.zscales, L.ng}};
       const auto stage = [&](int64_t nb, size_t, int16_t* out) {
         for (int64_t b = 0; b < L.KB; ++b) uniform_stage_block(L, nb, b, out + b * 16 * 32);
       };
-      int_gemm(stage, NB, terms, offs, tok, M, yp, ldy);
+      int_gemm(stage, NB, terms, offs, tok, M, yp, ldy, q8);
 #endif
     } else if (isa == kSgemm || (isa == kAuto && M >= gemm_min_tokens())) {
       const auto fill = [&](int64_t nb, int64_t col0, float* rows) { uniform_block_f32(L, nb, col0, rows, L.KB * 32); };
