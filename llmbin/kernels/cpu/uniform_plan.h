@@ -15,7 +15,7 @@
 #include "int_gemm.h"
 #include "plan_registry.h"
 #include "spin_pool.h"
-#include "uniform_kernels.h"
+#include "uniform_fill.h"
 
 namespace {
 
