@@ -54,6 +54,32 @@ struct IntTokens {
   int64_t slots = 0, KB = 0;
 };
 
+#ifdef LLMBIN_X86
+// One token's block of 32 slots: gathered (gidx < 0: padding, 0), times gscale, scaled so max|x| is `top`, rounded
+// to nearest even (quantize_token's rounding for the decode kernel), with the block's scale and float sum.
+__attribute__((target("avx512f,avx512bw"))) inline void quantize_block_avx512(const float* xm, const int32_t* gidx,
+                                                                             const float* gscale, float top,
+                                                                             int16_t* q16, int8_t* q8, float* scale,
+                                                                             float* sum) {
+  __m512 v[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m512i idx = _mm512_loadu_si512(gidx + 16 * h);
+    const __mmask16 valid = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512());
+    v[h] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, xm, 4),
+                         _mm512_loadu_ps(gscale + 16 * h));
+  }
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+  *sum = _mm512_reduce_add_ps(_mm512_add_ps(v[0], v[1]));
+  *scale = amax / top;
+  const __m512 inv = _mm512_set1_ps(amax > 0.f ? top / amax : 0.f);
+  for (int h = 0; h < 2; ++h) {
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[h], inv));
+    if (q8) _mm_storeu_si128(reinterpret_cast<__m128i*>(q8 + 16 * h), _mm512_cvtepi32_epi8(q));
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(q16 + 16 * h), _mm512_cvtepi32_epi16(q));
+  }
+}
+
+// Vectorized because at 64 tokens a scalar loop here cost as much as the products of a 576 x 576 layer.
 inline void prepare_int_tokens(const float* x, int64_t K, int64_t M, const int32_t* gidx, const float* gscale,
                                int64_t slots, IntTokens& tok, bool q8 = false) {
   tok.slots = slots;
@@ -63,31 +89,15 @@ inline void prepare_int_tokens(const float* x, int64_t K, int64_t M, const int32
   tok.xs.resize(static_cast<size_t>(M * tok.KB));
   tok.bsum.resize(static_cast<size_t>(M * tok.KB));
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
-    float g[32];
     for (int64_t m = m0; m < m1; ++m)
-      for (int64_t b = 0; b < tok.KB; ++b) {
-        float amax = 0.f, sum = 0.f;
-        for (int j = 0; j < 32; ++j) {
-          const int64_t k = b * 32 + j;
-          g[j] = gidx[k] >= 0 ? x[m * K + gidx[k]] * gscale[k] : 0.f;
-          amax = std::max(amax, std::fabs(g[j]));
-          sum += g[j];
-        }
-        const float inv = amax > 0.f ? top / amax : 0.f;
-        if (q8) {
-          int8_t* q = tok.xq8.data() + m * slots + b * 32;
-          for (int j = 0; j < 32; ++j) q[j] = static_cast<int8_t>(std::nearbyint(g[j] * inv));
-        } else {
-          int16_t* q = tok.xq.data() + m * slots + b * 32;
-          for (int j = 0; j < 32; ++j) q[j] = static_cast<int16_t>(std::nearbyint(g[j] * inv));
-        }
-        tok.xs[m * tok.KB + b] = amax / top;
-        tok.bsum[m * tok.KB + b] = sum;
-      }
+      for (int64_t b = 0; b < tok.KB; ++b)
+        quantize_block_avx512(x + m * K, gidx + b * 32, gscale + b * 32, top,
+                              q8 ? nullptr : tok.xq.data() + m * slots + b * 32,
+                              q8 ? tok.xq8.data() + m * slots + b * 32 : nullptr, &tok.xs[m * tok.KB + b],
+                              &tok.bsum[m * tok.KB + b]);
   });
 }
 
-#ifdef LLMBIN_X86
 // Tokens [t0, t0 + T) x row blocks [nb, nb + RB) over one staged term: RB x T independent int32 chains (enough to
 // keep vpdpwssd's pipes busy), each activation pair broadcast once for RB row blocks, each weight register loaded
 // once for T tokens; a block's int32 sums scale into the float accumulators at once (scale x block scale).
