@@ -16,8 +16,8 @@
 #include "dequant_gemm.h"
 #include "int_gemm.h"
 #include "lut_kernels.h"
-#include "sparse_kernels.h"
 #include "plan_registry.h"
+#include "sparse_kernels.h"
 #include "spin_pool.h"
 
 namespace {
