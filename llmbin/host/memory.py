@@ -40,6 +40,18 @@ def process_rss_bytes() -> int:
     return 0
 
 
+def available_bytes() -> int | None:
+    """Memory the system can give this process now without swapping (Linux MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

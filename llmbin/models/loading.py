@@ -11,6 +11,7 @@ import torch
 
 from ..errors import LlmbinError
 from ..host.files import cache_root, publish_directory
+from ..host.memory import available_bytes
 from .wheel_parts import Part, WheelParts, fetch_file
 
 
@@ -118,13 +119,39 @@ def bundled_gguf(name: str) -> Path:
     return Path(found.origin).parent / spec.gguf_file
 
 
+# transformers dequantizes the whole GGUF into a float32 model before it is saved; measured peaks (2026-12-06):
+# SmolLM2-135M 1.28 GB, Qwen2.5-Coder-1.5B 9.14 GB, i.e. up to ~0.6 GB of process + 1.3x the float32 weights.
+_CONVERT_PROCESS_BYTES, _CONVERT_PER_FLOAT32 = 0.6 * 2**30, 1.3
+
+
+def gguf_parameters(path: Path) -> int:
+    """Weights a GGUF file holds (tied embeddings once, as the model has them)."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
+
+
+def conversion_peak_bytes(parameters: int) -> int:
+    return int(_CONVERT_PROCESS_BYTES + _CONVERT_PER_FLOAT32 * 4 * parameters)
+
+
+def check_conversion_memory(name: str, need: int, available: int | None, target: Path) -> None:
+    """Refuse a conversion that cannot fit, before it starts, instead of running out of memory half-way."""
+    if available is not None and need > available:
+        raise LlmbinError(f"converting bundled {name} from GGUF needs ~{need / 2**30:.1f} GB of memory (its weights "
+                          f"as float32, once) and {available / 2**30:.1f} GB is available: free memory, or convert it "
+                          f"on a larger machine and copy {target} here")
+
+
 def bundled_path(name: str) -> Path:
     """Directory of the bundled model converted to a plain HF checkpoint (converted once, then reused)."""
     target = cache_root() / "models" / name
     if (target / "config.json").exists():
         return target
     gguf = bundled_gguf(name)
-    print(f"[llmbin] converting bundled {name} from GGUF into {target} (once)")
+    need = conversion_peak_bytes(gguf_parameters(gguf))
+    check_conversion_memory(name, need, available_bytes(), target)
+    print(f"[llmbin] converting bundled {name} from GGUF into {target} (once; peak memory ~{need / 2**30:.1f} GB)")
     model, tokenizer = _load_gguf(gguf.parent, gguf.name, torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
