@@ -28,28 +28,26 @@ def release_freed_memory() -> bool:
     return True
 
 
-def process_rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+def _proc_kb_field(path: str, key: str) -> int | None:
+    """A "Key:  N kB" line of a Linux /proc file, in bytes (None where there is none)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def available_bytes() -> int | None:
-    """Memory the system can give this process now without swapping (Linux MemAvailable; None elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def process_rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    return _proc_kb_field("/proc/self/status", "VmRSS") or 0
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give this process now without swapping (Linux MemAvailable; None elsewhere)."""
+    return _proc_kb_field("/proc/meminfo", "MemAvailable")
 
 
 def peak_rss_mb() -> float:
