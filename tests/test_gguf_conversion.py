@@ -2,6 +2,8 @@
 model's, and a conversion that cannot fit is refused with one line before it starts."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import safetensors
 
@@ -13,15 +15,8 @@ def test_gguf_weight_count_equals_the_converted_checkpoint(smollm2_dir):
     stored = 0
     for file in sorted(smollm2_dir.glob("*.safetensors")):
         with safetensors.safe_open(str(file), framework="pt") as f:
-            stored += sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+            stored += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     assert gguf_parameters(bundled_gguf("smollm2-135m")) == stored
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def test_a_conversion_that_cannot_fit_is_refused_naming_the_need_and_the_fix(tmp_path):
