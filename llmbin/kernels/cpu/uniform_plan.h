@@ -78,6 +78,24 @@ struct UniformPlan : PackedPlan {
   }
 #endif
 
+  // One token's int16 activations, block scales and group sums. With AVX-512 vectorized: the scalar loop took ~1 us
+  // a call, a third of a 192 x 576 product (SmolLM2 decode makes 210 such calls a token).
+  void prepare_token(const float* x, int64_t isa, int16_t* xq, float* xs, float* xsum) const {
+#ifdef LLMBIN_X86
+    if (isa == kAvx512) {
+      std::fill(xsum, xsum + L.ng, 0.f);
+      for (int64_t b = 0; b < L.KB; ++b) {
+        float sum;
+        quantize_block_avx512(x, gidx.data_ptr<int32_t>() + b * 32, gscale.data_ptr<float>() + b * 32, 32767.f,
+                              xq + b * 32, nullptr, xs + b, &sum);
+        xsum[b / L.bpg] += sum;
+      }
+      return;
+    }
+#endif
+    quantize_token(x, K, L, xq, xs, xsum);
+  }
+
   // row blocks [b0, b1) of one token; isa: kScalar, kAvx2 or kAvx512 (VNNI)
   void rows_of(const int16_t* xq, const float* xs, const float* xsum, int64_t b0, int64_t b1, float* y,
                int64_t isa) const {
@@ -140,7 +158,7 @@ struct UniformPlan : PackedPlan {
       at::parallel_for(0, M, 64, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           float* p = prep.data() + t * stride;
-          quantize_token(xp + t * K, K, L, reinterpret_cast<int16_t*>(p), p + L.KB * 16, p + L.KB * 16 + L.KB);
+          prepare_token(xp + t * K, vec, reinterpret_cast<int16_t*>(p), p + L.KB * 16, p + L.KB * 16 + L.KB);
         }
       });
       auto run = [&](int64_t t, int64_t b0, int64_t b1) {
