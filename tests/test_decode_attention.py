@@ -32,7 +32,8 @@ def op(request):
         q, k, v, mask, scale, isa))
 
 
-@pytest.mark.parametrize("b,h,g,length,d", [(1, 3, 3, 256, 64), (2, 2, 7, 40, 64), (1, 4, 1, 33, 80), (1, 1, 5, 17, 8)])
+@pytest.mark.parametrize("b,h,g,length,d", [(1, 3, 3, 256, 64), (2, 2, 7, 40, 64), (1, 1, 11, 70, 64), (1, 2, 6, 50, 128),
+                                            (1, 4, 1, 33, 80), (1, 1, 5, 17, 8)])
 def test_op_matches_float64_sdpa_for_every_mask_kind(op, b, h, g, length, d):
     gen = torch.Generator().manual_seed(length)
     q, k, v = (torch.randn(b, h, n, d, generator=gen) * 2 for n in (g, length, length))
@@ -50,10 +51,11 @@ def test_op_matches_float64_sdpa_for_every_mask_kind(op, b, h, g, length, d):
         assert (out.double() - ref).abs().max() < 2e-5, name
 
 
-def test_op_fake_shape_and_fully_masked_rows(op):
+@pytest.mark.parametrize("d", [16, 64, 128])  # 64 and 128: the AVX-512 path's register-blocked rows
+def test_op_fake_shape_and_fully_masked_rows(op, d):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    q, k = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 9, 16)
+    q, k = torch.randn(1, 2, 3, d), torch.randn(1, 2, 9, d)
     nothing = torch.zeros(1, 1, 1, 9, dtype=torch.bool)
     assert torch.equal(op(q, k, k, nothing, 0.25), torch.zeros_like(q))  # SDPA would return NaN
     with FakeTensorMode() as mode:
@@ -63,14 +65,15 @@ def test_op_fake_shape_and_fully_masked_rows(op):
         op(q, k, k, torch.ones(1, 2, 1, 9, dtype=torch.bool), 0.25)
 
 
-def test_nan_propagates_alike_on_every_path():
+@pytest.mark.parametrize("d", [16, 64, 128])
+def test_nan_propagates_alike_on_every_path(d):
     """A broken model's NaN must come out as NaN on every CPU, not as finite garbage on one of them."""
     from llmbin.kernels import ops
 
     assert ops.decode_attention_op() is not None, ops.build_error()
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 3, 16, generator=gen) for _ in range(3))
-    k, v = torch.randn(1, 2, 40, 16, generator=gen), torch.randn(1, 2, 40, 16, generator=gen)
+    q = torch.randn(1, 2, 3, d, generator=gen)
+    k, v = torch.randn(1, 2, 40, d, generator=gen), torch.randn(1, 2, 40, d, generator=gen)
     k[0, 1, 5] = float("nan")  # one cache slot of KV head 1 (an AVX-512 lane, not the tail)
     outs = {isa: torch.ops.llmbin_cpu.decode_attention_isa(q, k, v, None, 0.25, isa) for isa in isa_paths()}
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.25)
