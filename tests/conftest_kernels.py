@@ -5,6 +5,7 @@ import itertools
 
 import torch
 
+from llmbin.formats import UniformFormat
 from llmbin.runtime.kernel_bench import random_bitplane
 
 NS, KS, MS = (1, 7, 64, 257), (32, 128, 544), (1, 2, 3, 16, 33)
@@ -51,3 +52,12 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor, w: torch.Tensor | None = None, x
         terms = x.float().abs() @ w.float().abs().T
         scale = torch.maximum(scale, terms.norm() / w.shape[-1] ** 0.5)
     return ((y.float() - ref.float()).norm() / scale.clamp_min(1e-12)).item()
+
+
+def random_uniform(n: int, k: int, bits: int, group: int, seed: int = 0) -> UniformFormat:
+    """A GPTQ/RTN-shaped integer-code layer: random codes, fp16 scales, zero points."""
+    g = torch.Generator().manual_seed(seed)
+    ng = -(-k // group)
+    return UniformFormat(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.int32),
+                         (torch.rand(n, ng, generator=g) * 0.05 + 0.001).half(),
+                         torch.randint(0, 2 ** bits, (n, ng), generator=g, dtype=torch.uint8), bits, group)

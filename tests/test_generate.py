@@ -11,9 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_llama
-from conftest_kernels import make_format
+from conftest_kernels import make_format, random_uniform
 from llmbin.cli import main
 from llmbin.runtime.decoder import Decoder, DecodeStats
+from llmbin.runtime.fused_products import FuseSharedInputProducts
 from llmbin.runtime.prompt import TextStream
 from llmbin.runtime.sampling import Sampler
 from llmbin.nn import QuantLinear
@@ -22,12 +23,14 @@ PROMPT = "The history of the city begins with"
 NEW = 12
 
 
-def packed_tiny_llama(seed: int = 0, **overrides):
-    """Tiny Llama whose every decoder linear is a random PTQ1.61-shaped bit-plane layer (salient block, perm, r2)."""
+def packed_tiny_llama(seed: int = 0, layers: str = "ptq161", **overrides):
+    """Tiny Llama whose every decoder linear is a random PTQ1.61-shaped bit-plane layer (salient block, perm, r2),
+    or with layers="uniform" a random 4-bit GPTQ-shaped one (group 32, zero points)."""
     model = tiny_llama(seed=seed, **overrides)
     for i, (name, lin) in enumerate([(n, m) for n, m in model.named_modules()
                                      if isinstance(m, torch.nn.Linear) and ".layers." in n]):
-        fmt = make_format(lin.out_features, lin.in_features, 32, 1, "ptq161", seed=seed * 100 + i)
+        fmt = (make_format(lin.out_features, lin.in_features, 32, 1, "ptq161", seed=seed * 100 + i) if layers == "ptq161"
+               else random_uniform(lin.out_features, lin.in_features, 4, 32, seed=seed * 100 + i))
         parent = model.get_submodule(name.rsplit(".", 1)[0])
         setattr(parent, name.rsplit(".", 1)[1], QuantLinear.from_format(fmt))
     return model.eval()
@@ -53,21 +56,30 @@ def backends_on_cpu():
     return out
 
 
-@pytest.mark.parametrize("backend", backends_on_cpu())
-def test_compiled_static_decode_matches_eager_and_hf_generate(backend, tokenizer, monkeypatch):
+@pytest.mark.parametrize("backend,layers", [(b, "ptq161") for b in backends_on_cpu()] +
+                         ([("cpu", "uniform")] if "cpu" in backends_on_cpu() else []))
+def test_compiled_static_decode_matches_eager_and_hf_generate(backend, layers, tokenizer, monkeypatch):
+    """uniform: the integer-code kernel (LLMBIN_CPU_EXACT=0), whose q/k/v and gate/up products the compiled step
+    makes one call each (runtime/fused_products.py): the same tokens as the eager step's single calls."""
     monkeypatch.setenv("LLMBIN_BACKEND", backend)
-    model = packed_tiny_llama()
+    monkeypatch.setenv("LLMBIN_CPU_EXACT", "0" if layers == "uniform" else "1")
+    model = packed_tiny_llama(layers=layers)
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     with torch.inference_mode():
         reference = hf_greedy(model, ids, NEW)  # HF's own loop: dynamic cache, its own argmax
         assert {type(m._prepared[(torch.device("cpu"), torch.float32)][0]).__name__
                 for m in model.modules() if isinstance(m, QuantLinear)} == {f"{backend.capitalize()}Backend"}
+    fused = FuseSharedInputProducts.groups_fused
     for screened in (True, False):  # the token from ScreenedHead, or from the full float32 logits
         eager, mode = decode(model, ids, compile=False, screened_head=screened)
         assert mode == "eager" and eager == reference
-        compiled, mode = decode(model, ids, compile=True, screened_head=screened)
+        with torch._inductor.config.patch(fx_graph_cache=False):  # compiled here: the fusion pass runs
+            compiled, mode = decode(model, ids, compile=True, screened_head=screened)
         assert mode == "compiled", "the step fell back to eager"
         assert compiled == eager
+    # q/k/v and gate/up of every layer, in both compiled steps (bit-plane layers are grouped too: run one by one)
+    assert FuseSharedInputProducts.groups_fused - fused == (2 * 2 * model.config.num_hidden_layers
+                                                            if backend == "cpu" else 0)
 
 
 @pytest.mark.slow  # about a minute: the interpreted kernels run inside the compiled step

@@ -11,11 +11,10 @@ import shutil
 import pytest
 import torch
 
-from llmbin.formats import UniformFormat
 from llmbin.kernels import cpu, select_backend
 from llmbin.nn import QuantLinear
 
-from conftest_kernels import make_format, rel_err
+from conftest_kernels import make_format, random_uniform, rel_err
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler: the cpu backend falls back to torch")
@@ -45,14 +44,6 @@ def gemm(ext):
 
 def gemm_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (2.0 ** -8 + w.shape[1] * 2.0 ** -23) * (x.double().abs() @ w.double().abs().T)
-
-
-def random_uniform(n: int, k: int, bits: int, group: int, seed: int = 0) -> UniformFormat:
-    g = torch.Generator().manual_seed(seed)
-    ng = -(-k // group)
-    return UniformFormat(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.int32),
-                         (torch.rand(n, ng, generator=g) * 0.05 + 0.001).half(),
-                         torch.randint(0, 2 ** bits, (n, ng), generator=g, dtype=torch.uint8), bits, group)
 
 
 FORMATS = [("bitplane", (64, 128, 32, 1, "plain")), ("bitplane", (257, 544, 128, 2, "ptq161")),

@@ -25,13 +25,15 @@ from ..kernels.cpu import gemv_threads
 from ..kernels.ops import decode_attention_op
 from ..models.cache_api import cache_kwargs
 from ..nn import PackedMatrix
+from .fused_products import FuseSharedInputProducts
 from .greedy_head import ScreenedHead
 from .grouped_attention import use_grouped_decode_attention
 from .sampling import Sampler
 
 # A C++ wrapper calls the step's ~400 kernels without a Python call each: SmolLM2 ptq161 decode 2 threads ~170 ->
 # ~220 tokens/s; the first compile takes ~50 s instead of ~20 (both cached afterwards).
-COMPILE_OPTIONS = {"cpp_wrapper": True}
+# The fusion pass makes each layer's q/k/v and gate/up products one call each (fused_products.py).
+COMPILE_OPTIONS = {"cpp_wrapper": True, "post_grad_custom_pre_pass": FuseSharedInputProducts()}
 CACHE_ROUND = 128  # cache lengths are rounded up to this: one compiled graph serves many prompt lengths
 
 

@@ -1,14 +1,16 @@
 // Python and torch.compile faces of the lookup-table product: the Plan class (pybind11), the
-// `llmbin_cpu::lut_matmul` op that compiled graphs call, and the spinning pool's size.
+// `llmbin_cpu::lut_matmul` op that compiled graphs call (and `lut_matmul_many`, several products of one input), and
+// the spinning pool's size.
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "fused_products.h"
 #include "lut_plan.h"
 #include "uniform_plan.h"
 
 namespace {
 
-at::Tensor lut_matmul_op(const at::Tensor& x, int64_t key, int64_t n, int64_t isa) {
+const PackedPlan* find_plan(int64_t key, int64_t n) {
   const PackedPlan* plan;
   {
     std::lock_guard<std::mutex> lock(registry_mutex);
@@ -17,13 +19,32 @@ at::Tensor lut_matmul_op(const at::Tensor& x, int64_t key, int64_t n, int64_t is
     plan = it->second;
   }
   TORCH_CHECK(plan->rows() == n, "plan ", key, " has ", plan->rows(), " rows, not ", n);
-  return plan->forward(x, isa, false).contiguous();  // compiled graphs assume the fake's contiguous strides
+  return plan;
+}
+
+at::Tensor lut_matmul_op(const at::Tensor& x, int64_t key, int64_t n, int64_t isa) {
+  return find_plan(key, n)->forward(x, isa, false).contiguous();  // compiled graphs assume the fake's contiguous strides
+}
+
+// Up to 3 products of x side by side (key2 < 0: 2): a schema of plain ints, which compiled C++ wrappers call
+// without Python (an int[] or Tensor[] signature went through a Python call per use).
+at::Tensor lut_matmul_many_op(const at::Tensor& x, int64_t key0, int64_t n0, int64_t key1, int64_t n1, int64_t key2,
+                              int64_t n2, int64_t isa) {
+  std::vector<const PackedPlan*> plans{find_plan(key0, n0), find_plan(key1, n1)};
+  if (key2 >= 0) plans.push_back(find_plan(key2, n2));
+  return products_of_one_input(plans, x, isa);
 }
 
 }  // namespace
 
-TORCH_LIBRARY(llmbin_cpu, m) { m.def("lut_matmul(Tensor x, int key, int n, int isa) -> Tensor"); }
-TORCH_LIBRARY_IMPL(llmbin_cpu, CPU, m) { m.impl("lut_matmul", &lut_matmul_op); }
+TORCH_LIBRARY(llmbin_cpu, m) {
+  m.def("lut_matmul(Tensor x, int key, int n, int isa) -> Tensor");
+  m.def("lut_matmul_many(Tensor x, int key0, int n0, int key1, int n1, int key2, int n2, int isa) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(llmbin_cpu, CPU, m) {
+  m.impl("lut_matmul", &lut_matmul_op);
+  m.impl("lut_matmul_many", &lut_matmul_many_op);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Plan>(m, "Plan")

@@ -134,6 +134,10 @@ def _register_fakes() -> None:
     def _(x, key, n, isa):
         return x.new_empty((*x.shape[:-1], n))
 
+    @torch.library.register_fake("llmbin_cpu::lut_matmul_many")
+    def _(x, key0, n0, key1, n1, key2, n2, isa):
+        return x.new_empty((*x.shape[:-1], n0 + n1 + (n2 if key2 >= 0 else 0)))
+
     @torch.library.register_fake("llmbin_cpu::decode_attention")
     def _(q, k, v, mask, scale):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
