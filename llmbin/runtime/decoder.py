@@ -25,15 +25,21 @@ from ..kernels.cpu import gemv_threads
 from ..kernels.ops import decode_attention_op
 from ..models.cache_api import cache_kwargs
 from ..nn import PackedMatrix
-from .fused_products import FuseSharedInputProducts
 from .greedy_head import ScreenedHead
 from .grouped_attention import use_grouped_decode_attention
 from .sampling import Sampler
 
 # A C++ wrapper calls the step's ~400 kernels without a Python call each: SmolLM2 ptq161 decode 2 threads ~170 ->
 # ~220 tokens/s; the first compile takes ~50 s instead of ~20 (both cached afterwards).
-# The fusion pass makes each layer's q/k/v and gate/up products one call each (fused_products.py).
-COMPILE_OPTIONS = {"cpp_wrapper": True, "post_grad_custom_pre_pass": FuseSharedInputProducts()}
+COMPILE_OPTIONS = {"cpp_wrapper": True}
+
+
+def compile_options() -> dict:
+    """COMPILE_OPTIONS and the pass that makes each layer's q/k/v and gate/up products one call each
+    (fused_products.py; imported here, not at the top: torch._inductor costs every CLI start ~1.2 s)."""
+    from .fused_products import FuseSharedInputProducts
+
+    return {**COMPILE_OPTIONS, "post_grad_custom_pre_pass": FuseSharedInputProducts()}
 CACHE_ROUND = 128  # cache lengths are rounded up to this: one compiled graph serves many prompt lengths
 
 
@@ -176,7 +182,7 @@ class Decoder:
             self.log("llmbin: compiling the decode step (about a minute the first time for a model shape, seconds once "
                      "cached; --no-compile skips it)")
         try:
-            fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS))
+            fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True, options=compile_options()))
             out = fn(token, position)
         except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
             first = (str(exc).strip().splitlines() or [""])[0][:160]
