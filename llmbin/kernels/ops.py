@@ -2,6 +2,9 @@
 
 The CPU extension (kernels/cpu) defines
     llmbin_cpu::lut_matmul(x, key, n, isa)            the packed product by the plan registered under `key`
+    llmbin_cpu::lut_matmul_many(x, key0, n0, key1, n1, key2, n2, isa)
+                                                      2-3 such products of one token side by side (key2 < 0: 2),
+                                                      which runtime/fused_products.py puts in compiled decode steps
     llmbin_cpu::decode_attention(q, k, v, mask, scale) one query token over a static KV cache, grouped heads
 with shape-only ("fake") implementations registered when it loads, so torch.compile traces both into a graph
 without breaking it. Call them through this module; None means the extension could not be built (build_error()).
