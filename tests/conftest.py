@@ -42,6 +42,16 @@ def english_text() -> str:
 
 
 @pytest.fixture(scope="session")
+def ext():
+    """The native CPU extension (built on first use): a test that needs it fails, saying why, if it cannot build."""
+    from llmbin.kernels import cpu
+
+    built = cpu.load_extension()
+    assert built is not None, cpu.build_error()
+    return built
+
+
+@pytest.fixture(scope="session")
 def text_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "english.txt"
     path.write_text(english_text())

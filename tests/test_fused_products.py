@@ -18,13 +18,6 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
                                 reason="no C++ compiler: the cpu backend falls back to torch")
 
 
-@pytest.fixture(scope="module")
-def ext():
-    ext = cpu.load_extension()
-    assert ext is not None, cpu.build_error()
-    return ext
-
-
 @pytest.fixture(autouse=True)
 def integer_kernel(monkeypatch):
     monkeypatch.setenv("LLMBIN_CPU_EXACT", "0")  # integer-code layers on their own kernel (conftest.py: bit planes)
