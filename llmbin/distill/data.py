@@ -38,7 +38,7 @@ def disjoint_windows(ids: torch.Tensor, n_train: int, n_eval: int, seqlen: int, 
     if n_train + n_eval > count:
         if log is not None:
             log.note(f"distill: {source} has only {count} windows of {seqlen} tokens; training on {count - n_eval} "
-                     f"instead of {n_train}")
+                     f"instead of {n_train} (more need more text: a longer file, or distill.data=selfgen)")
         n_train = count - n_eval
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     held, train = sorted(order[:n_eval]), order[n_eval:n_eval + n_train]
