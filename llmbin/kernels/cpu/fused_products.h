@@ -48,7 +48,7 @@ bool uniform_many(const std::vector<const UniformPlan*>& plans, const at::Tensor
                           std::min(plans[j]->L.NB, (hi - first[j]) * kUniformPass), yp + at[j], vec);
     }
   };
-  const int shards = static_cast<int>(std::min<int64_t>({requested_threads(), passes, lines / 64}));
+  const int shards = one_token_shards(passes, lines);
   if (shards <= 1 || !SpinPool::mine().run(shards, [&](int i) { run(i, shards); })) run(0, 1);
   bool padded = false;
   for (const UniformPlan* p : plans) padded |= p->L.NB * kRows != p->N;

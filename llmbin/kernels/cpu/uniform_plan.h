@@ -21,6 +21,12 @@ namespace {
 
 constexpr int64_t kUniformPass = 4;  // row blocks per vector pass (uniform_rows_vnni's RB; AVX2 does it as 2 x 2)
 
+// Pool shards for one token's `passes` passes over `lines` code lines: the calling thread's setting, at most a pass
+// each, and none under 64 lines (a shard's wake-up costs more than it gives below that).
+inline int one_token_shards(int64_t passes, int64_t lines) {
+  return static_cast<int>(std::min<int64_t>({requested_threads(), passes, lines / 64}));
+}
+
 struct UniformPlan : PackedPlan {
   at::Tensor codes, scales, zscales, gidx, gscale;
   UniformLayer L;
@@ -84,10 +90,11 @@ struct UniformPlan : PackedPlan {
 #ifdef LLMBIN_X86
     if (isa == kAvx512) {
       std::fill(xsum, xsum + L.ng, 0.f);
+      const int32_t* gi = gidx.data_ptr<int32_t>();
+      const float* gs = gscale.data_ptr<float>();
       for (int64_t b = 0; b < L.KB; ++b) {
         float sum;
-        quantize_block_avx512(x, gidx.data_ptr<int32_t>() + b * 32, gscale.data_ptr<float>() + b * 32, 32767.f,
-                              xq + b * 32, nullptr, xs + b, &sum);
+        quantize_block_avx512(x, gi + b * 32, gs + b * 32, 32767.f, xq + b * 32, nullptr, xs + b, &sum);
         xsum[b / L.bpg] += sum;
       }
       return;
@@ -168,7 +175,7 @@ struct UniformPlan : PackedPlan {
       };
       const int64_t passes = (NB + kUniformPass - 1) / kUniformPass;
       auto split = [&](int i, int shards) { return std::min(NB, passes * i / shards * kUniformPass); };
-      const int shards = static_cast<int>(std::min<int64_t>({requested_threads(), passes, NB * L.lines / 64}));
+      const int shards = one_token_shards(passes, NB * L.lines);
       const bool pooled = M == 1 && shards > 1 &&
                           SpinPool::mine().run(shards, [&](int i) { run(0, split(i, shards), split(i + 1, shards)); });
       if (!pooled)
