@@ -99,15 +99,33 @@ def formats_for_test():
                                 torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8), 8, 1.7)
     uniform = UniformFormat(torch.randint(0, 4, (n, k), generator=gen), torch.rand(n, 2, generator=gen).half(),
                             torch.randint(0, 4, (n, 2), generator=gen, dtype=torch.uint8), 2, 64)
-    return {"bitplane": bitplane, "masked": masked, "uniform": uniform}
+    grouped = BitPlaneFormat(planes, torch.randn(2, n, 2, generator=gen).half(), torch.randn(n, 2, generator=gen).half(),
+                             32, k, 1.6, in_scale=(torch.rand(k, generator=gen) + 0.5).half(),
+                             out_scale=(torch.rand(n, generator=gen) + 0.5).half(), perm=perm, salient_codes=torch.randint(0, 16, (n, 6), generator=gen, dtype=torch.uint8),
+                             salient_scale=torch.rand(n, generator=gen).half(),
+                             salient_zero=torch.randint(0, 16, (n,), generator=gen).half())
+    return {"bitplane": bitplane, "bitplane-grouped": grouped, "masked": masked, "uniform": uniform}
 
 
-@pytest.mark.parametrize("kind", ["bitplane", "masked", "uniform"])
+@pytest.mark.parametrize("kind", ["bitplane", "bitplane-grouped", "masked", "uniform"])
 def test_trainable_linear_starts_at_the_format_and_trains_every_float_tensor(kind):
     fmt = formats_for_test()[kind]
-    module = TrainableQuantLinear(fmt, torch.randn(fmt.out_features), "cpu")
+    bias = torch.randn(fmt.out_features)
+    module = TrainableQuantLinear(fmt, bias, "cpu")
     assert torch.equal(module.weight().detach(), fmt.dequantize())
     x = torch.randn(3, fmt.in_features, generator=torch.Generator().manual_seed(3))
+    # the product (a bit-plane format's in its stored column order) is the dense product of the format's matrix
+    reference = F.linear(x, fmt.dequantize(), bias)
+    assert (module(x) - reference).abs().max() < 1e-5 * reference.abs().max()
+    module.hold()
+    assert (module(x) - reference).abs().max() < 1e-5 * reference.abs().max()
+    module.release()
+    # the stored-order path where the scale groups tile the binarized columns exactly; the dense path elsewhere
+    assert (module.stored_order is not None) == (kind == "bitplane-grouped")
+    module.compute_in(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (module(x).float() - reference).abs().max() < 2e-2 * reference.abs().max()
+    module.compute_in(torch.float32)
     module(x).pow(2).sum().backward()
     assert set(module.deltas) == set(fmt.floats())
     for name, d in module.deltas.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..errors import LlmbinError
 from ..formats import PackedFormat
 from .options import DistillOptions
-from .stage import layer_stack
+from .stage import kept_activation_bytes, layer_stack, recomputes_layers
 
 
 def estimate_memory(student, formats: dict[str, PackedFormat], options: DistillOptions, teacher_bytes: int) -> dict:
@@ -18,9 +18,11 @@ def estimate_memory(student, formats: dict[str, PackedFormat], options: DistillO
     layers = layer_stack(student, formats)
     widest = max(f.out_features for f in formats.values()) if formats else hidden
     acts = tokens * 4 * (hidden * len(layers) + 12 * max(hidden, widest))  # checkpointed inputs + one layer live
+    if not recomputes_layers(student, formats, options):
+        acts = kept_activation_bytes(student, formats, options)
     logits = 6 * tokens * vocab * 4  # logits, log-softmax, masked copy and their gradients
     cache = (options.nsamples + options.eval_nsamples) * options.seqlen * (8 * options.topk + 8)
-    train = params + dense + 4 * floats + acts + logits + cache
+    train = params + 2 * dense + 4 * floats + acts + logits + cache  # 2 x: the held weights and their graphs
     return {"teacher_pass": params + teacher_bytes + cache + 2 * logits, "training": train,
             "host": max(train, params + teacher_bytes + cache + 2 * logits)}
 

@@ -7,6 +7,9 @@ from ..errors import LlmbinError
 
 LOSSES = ("entropy_kl", "kl")
 DATA = ("calibration", "selfgen")
+PRECISIONS = ("auto", "bf16", "fp32")
+CHECKPOINTING = ("auto", "always", "never")
+ACTIVATIONS_BUDGET = 2 * 2**30  # bytes of kept activations above which checkpointing=auto recomputes layers
 
 
 @dataclass
@@ -29,6 +32,9 @@ class DistillOptions:
     eval_every: int = 16  # steps between held-out evaluations (the best state is kept)
     save_every: int = 8  # steps between resumable state saves (0: never)
     seed: int = 0
+    precision: str = "auto"  # forward/backward matmuls: auto (bf16 where the device multiplies it natively) | bf16 | fp32
+    checkpointing: str = "auto"  # recompute each layer in the backward: auto (when keeping every layer's activations
+    #                              would pass ACTIVATIONS_BUDGET) | always | never
 
     def __post_init__(self):
         self.check()
@@ -38,6 +44,10 @@ class DistillOptions:
             raise LlmbinError(f"distill.loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.data not in DATA:
             raise LlmbinError(f"distill.data must be calibration or selfgen, not {self.data!r}")
+        if self.checkpointing not in CHECKPOINTING:
+            raise LlmbinError(f"distill.checkpointing must be auto, always or never, not {self.checkpointing!r}")
+        if self.precision not in PRECISIONS:
+            raise LlmbinError(f"distill.precision must be auto, bf16 or fp32, not {self.precision!r}")
         for key in ("nsamples", "seqlen", "eval_nsamples", "epochs", "batch_size", "topk", "eval_every"):
             if getattr(self, key) < 1:
                 raise LlmbinError(f"distill.{key} must be >= 1, not {getattr(self, key)}")

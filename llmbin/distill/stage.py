@@ -3,15 +3,17 @@
 Codes stay frozen; each quantized linear is swapped for a TrainableQuantLinear; Adam (cosine-decayed
 step) minimises the deviation-aware loss (loss.py) on the training windows, one window batch per
 step; decoder layers are gradient-checkpointed (models/patching.py: only their inputs are kept between
-forward and backward). The held-out loss is measured before, every `eval_every` steps and after; the best state
-wins, is rounded to float16 (the stored precision) and measured again; if that does not beat the
-starting loss the original tensors stay. Every `save_every` steps the state (step, parameters, Adam
+forward and backward) when keeping every layer's activations would pass 2 GiB (distill.checkpointing).
+The held-out loss is measured before, every `eval_every` steps and after; the best state wins, is rounded
+to float16 (the stored precision) and measured again; if that does not beat the starting loss the original
+tensors stay. Every `save_every` steps the state (step, parameters, Adam
 moments, best state) goes to `state_path`, so a killed stage resumes where it stopped.
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,12 @@ from ..errors import LlmbinError
 from ..formats import PackedFormat
 from ..host.files import digest, load_tensors, save_tensors
 from ..host.memory import peak_rss_mb
-from ..models.patching import checkpointed
+from ..methods.solvers.training import compute_dtype
+from ..models.patching import checkpointed, eager_attention_on_cpu
 from ..models.walk import decoder_layers, set_submodule
 from .data import DistillWindows
 from .loss import TeacherCache, distill_loss
-from .options import DistillOptions
+from .options import ACTIVATIONS_BUDGET, DistillOptions
 from .trainable import TrainableQuantLinear
 
 STATE_VERSION = 1
@@ -55,6 +58,20 @@ def layer_stack(model, names) -> list:
     return list(layers.values())
 
 
+def kept_activation_bytes(model, formats: dict[str, PackedFormat], options: DistillOptions) -> int:
+    """What a step keeps for its backward when no layer is recomputed: ~14 float32 vectors of the widest
+    projection per token and layer (inputs of norms, products, attention and the MLP's gates)."""
+    hidden = model.get_input_embeddings().embedding_dim
+    widest = max([hidden] + [f.out_features for f in formats.values()])
+    return options.batch_size * options.seqlen * len(layer_stack(model, formats)) * 14 * widest * 4
+
+
+def recomputes_layers(model, formats: dict[str, PackedFormat], options: DistillOptions) -> bool:
+    if options.checkpointing != "auto":
+        return options.checkpointing == "always"
+    return kept_activation_bytes(model, formats, options) > ACTIVATIONS_BUDGET
+
+
 class Stage:
     def __init__(self, student, formats: dict[str, PackedFormat], windows: DistillWindows, cache: TeacherCache,
                  options: DistillOptions, device="cpu", log=None, state_path: str | Path | None = None):
@@ -70,6 +87,10 @@ class Stage:
             self.log.note(message)
 
     # -- setup -------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return compute_dtype(self.device, self.options.precision)
+
     def install(self) -> None:
         self.frozen = [(p, p.requires_grad) for p in self.student.parameters()]
         for p, _ in self.frozen:
@@ -78,7 +99,7 @@ class Stage:
         self.modules = {}
         for name in self.names:
             bias = getattr(self.student.get_submodule(name), "bias", None)
-            self.modules[name] = TrainableQuantLinear(self.formats[name], bias, self.device)
+            self.modules[name] = TrainableQuantLinear(self.formats[name], bias, self.device, self.dtype)
             set_submodule(self.student, name, self.modules[name])
         self.params = [m.deltas[k] for n in self.names for m in [self.modules[n]] for k in m.kinds]
         self.fingerprint = digest([STATE_VERSION, asdict(self.options), self.names,
@@ -95,12 +116,24 @@ class Stage:
 
     # -- loss --------------------------------------------------------------------------
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        """bf16 matmuls where the device has them (the trained tensors, Adam and the loss stay float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
+
+    @contextmanager
+    def held_weights(self):
+        with self.autocast():
+            for m in self.modules.values():
+                m.hold()
+        try:
+            yield
+        finally:
+            for m in self.modules.values():
+                m.release()
 
     def batch_loss(self, ids: torch.Tensor, target: TeacherCache) -> torch.Tensor:
         with self.autocast():
             logits = self.student(input_ids=ids.to(self.device), use_cache=False).logits
-        return distill_loss(logits, target.to(self.device), ids.to(self.device), self.options.temperature, self.options.gamma,
+        return distill_loss(logits.float(), target.to(self.device), ids.to(self.device), self.options.temperature, self.options.gamma,
                             self.options.ce_weight)
 
     @torch.no_grad()
@@ -170,7 +203,9 @@ class Stage:
         self.install()
         opt = torch.optim.Adam(self.params, lr=self.options.lr)
         state = self.load_state()
-        with checkpointed(layer_stack(self.student, self.names)):
+        recompute = recomputes_layers(self.student, self.formats, self.options)
+        with checkpointed(layer_stack(self.student, self.names)) if recompute else nullcontext(), \
+                eager_attention_on_cpu(self.student, self.device):
             running = None  # smoothed training loss, shown and logged
             if state is None:
                 step, best, history = 0, None, []
@@ -193,9 +228,10 @@ class Stage:
                     idx = torch.tensor(self.order(epoch)[within * self.options.batch_size:(within + 1) * self.options.batch_size])
                     for group in opt.param_groups:
                         group["lr"] = self.step_size(step)
-                    loss = self.batch_loss(self.windows.train[idx], self.cache.select(idx))
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with self.held_weights():
+                        loss = self.batch_loss(self.windows.train[idx], self.cache.select(idx))
+                        loss.backward()
                     opt.step()
                     step += 1
                     running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
@@ -224,6 +260,8 @@ class Stage:
             if not kept:
                 for n in self.names:
                     self.modules[n].load_rounded(self.formats[n].floats())
+            for n in self.names:  # the model handed back computes in float32, as the packed checkpoint does
+                self.modules[n].compute_in(torch.float32)
         for p, flag in self.frozen:
             p.requires_grad_(flag)
         formats = {n: self.formats[n].with_floats(**trained[n]) if kept else self.formats[n] for n in self.names}

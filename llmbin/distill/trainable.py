@@ -8,6 +8,11 @@ with d an fp32 parameter starting at 0. The forward dequantizes the format with 
 `rounded_format()` gives the packed format with T rounded to float16 (the stored precision), and
 `load_rounded()` resets T0 to those rounded values with d = 0, so the module then computes exactly
 what the packed checkpoint holds.
+
+Speed (the stage runs hundreds of steps): a bit-plane format is rebuilt in its stored column order from planes held
+as floats, and the input's columns are gathered into that order instead of the weight's being scattered back
+(`_StoredOrder`); and `hold()` builds each weight once per training step, so the checkpointed layers' recomputation
+reuses it instead of dequantizing again.
 """
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..formats import PackedFormat
+from ..formats.bitplane import BitPlaneFormat
 
 
 class TrainableQuantLinear(nn.Module):
-    def __init__(self, fmt: PackedFormat, bias: torch.Tensor | None, device="cpu"):
+    def __init__(self, fmt: PackedFormat, bias: torch.Tensor | None, device="cpu", dtype=torch.float32):
         super().__init__()
         self.kinds = {n: fmt.float_fields[n] for n in fmt.floats()}
         self.stored_dtypes = {n: t.dtype for n, t in fmt.floats().items()}
@@ -30,6 +36,9 @@ class TrainableQuantLinear(nn.Module):
             self.deltas[name] = nn.Parameter(torch.zeros(tensor.shape, device=device))
         self.register_buffer("bias", None if bias is None else bias.detach().float().to(device))
         self.in_features, self.out_features = fmt.in_features, fmt.out_features
+        self.dtype = dtype  # the product's dtype (bf16 under the stage's autocast)
+        self.stored_order = _StoredOrder(self.frozen, dtype) if _StoredOrder.fits(fmt) else None
+        self.held = None
 
     def base(self, name: str) -> torch.Tensor:
         return getattr(self, f"base_{name}")
@@ -47,8 +56,30 @@ class TrainableQuantLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.frozen.with_floats(**self.floats()).dequantize(torch.float32)
 
+    def product_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W in the column order the product uses, the input's column order or None for the natural one)."""
+        if self.stored_order is None:
+            return self.weight().to(self.dtype), None
+        return self.stored_order.weight(self.floats()), self.stored_order.order
+
+    def compute_in(self, dtype: torch.dtype) -> None:
+        """The product's dtype from now on (the stage trains in bf16 and hands back a float32 model)."""
+        self.dtype = dtype
+        if self.stored_order is not None:
+            self.stored_order = _StoredOrder(self.frozen, dtype)
+
+    def hold(self) -> None:
+        """Build the weight once for a whole training step (its forward, recomputation and backward)."""
+        self.held = self.product_weight()
+
+    def release(self) -> None:
+        self.held = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w, order = self.held if self.held is not None else self.product_weight()
+        if order is not None:
+            x = x.index_select(-1, order)
+        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     @torch.no_grad()
     def rounded_floats(self) -> dict[str, torch.Tensor]:
@@ -83,3 +114,39 @@ def _format_to(fmt: PackedFormat, device) -> PackedFormat:
         return value
 
     return move(fmt)
+
+
+class _StoredOrder:
+    """A bit-plane format's weight in its stored column order (binarized channels, then the salient ones), from
+    planes and salient codes converted to floats once: per step only the per-row/group scales multiply them."""
+
+    @staticmethod
+    def fits(fmt: PackedFormat) -> bool:
+        if not isinstance(fmt, BitPlaneFormat) or fmt.sparse is not None:
+            return False
+        groups = fmt.scales.shape[-1]
+        return groups == 1 or groups * fmt.group_size == fmt.k_bin
+
+    def __init__(self, fmt: BitPlaneFormat, dtype: torch.dtype):
+        self.dtype, self.k_bin, self.groups = dtype, fmt.k_bin, fmt.scales.shape[-1]
+        p, n, k_bin = fmt.planes.shape
+        self.planes = fmt.planes.to(dtype).reshape(p, n, self.groups, k_bin // self.groups)
+        self.order = None if fmt.perm is None else fmt.perm.long()
+        # codes minus zero points are small integers: exact in bf16
+        self.salient = None if not fmt.k_salient else (
+            fmt.salient_codes.float() - fmt.salient_zero.float()[:, None]).to(dtype)
+
+    def weight(self, floats: dict[str, torch.Tensor]) -> torch.Tensor:
+        d = self.dtype
+        w = (self.planes * floats["scales"].to(d)[..., None]).sum(0)  # [N, groups, G]
+        if floats.get("offsets") is not None:
+            w = w + floats["offsets"].to(d)[..., None]
+        w = w.flatten(1)
+        if floats.get("out_scale") is not None:
+            w = w * floats["out_scale"].to(d)[:, None]
+        if floats.get("in_scale") is not None:
+            in_scale = floats["in_scale"] if self.order is None else floats["in_scale"][self.order]
+            w = w * in_scale[: self.k_bin].to(d)[None, :]
+        if self.salient is not None:
+            w = torch.cat([w, self.salient * floats["salient_scale"].to(d)[:, None]], dim=1)
+        return w

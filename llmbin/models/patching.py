@@ -44,3 +44,19 @@ def checkpointed(layers):
 
     with wrapped_forwards(layers, wrap):
         yield
+
+
+@contextmanager
+def eager_attention_on_cpu(model, device):
+    """While a whole model trains on a CPU, its attention runs eagerly (matmuls and a softmax; the model builds the
+    matching causal mask): torch's fused CPU attention has a slow backward (SmolLM2, 512 tokens, bf16: 12
+    distillation steps in 36.2 s with it, 26.1 s eager). Afterwards the model has its own implementation back."""
+    before = model.config._attn_implementation
+    switch = torch.device(device).type == "cpu" and before != "eager"
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(before)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...models.patching import checkpointed
+from ...models.patching import checkpointed, eager_attention_on_cpu
 from ...models.walk import decoder_layers, set_submodule
 from .training import LOSS_WINDOWS
 
@@ -90,7 +90,7 @@ def train_lora(model: nn.Module, names: list[str], windows: torch.Tensor, cfg: L
     model.to(device)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                checkpointed(decoder_layers(model)[1]):
+                checkpointed(decoder_layers(model)[1]), eager_attention_on_cpu(model, device):
             torch.manual_seed(seed)
             loss_before, epoch_losses, loss_after = _train(model, adapters, windows, cfg, generator, device, dtype, log)
         deltas = {n: adapters[n].delta() for n in names}
