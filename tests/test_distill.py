@@ -217,6 +217,30 @@ def test_distilled_checkpoint_equals_trained_model_and_keeps_codes(label, quanti
     assert "1 + gamma * H_t / log V" in (out / "README.md").read_text()
 
 
+def test_recomputed_layers_and_kept_activations_train_the_same_tensors(quantized, tmp_path):
+    """Every layer recomputed in the backward, or every activation kept (small models): the same gradients, so the
+    same trained tensors; and the student's attention implementation is its own again after the stage (it trains
+    with the eager one on a CPU)."""
+    import llmbin
+    from llmbin.checkpoint.reader import load_checkpoint
+
+    source = quantized("ptq161")
+    own = load_checkpoint(source)[0].config._attn_implementation
+    runs = {}
+    for mode in ("always", "never"):
+        options = DistillOptions(**SMALL, checkpointing=mode, precision="fp32")
+        outcome = llmbin.api.distill(source, tmp_path / mode, options=options, verbose=False)
+        assert outcome.stats["kept"]
+        assert outcome.model.config._attn_implementation == own
+        runs[mode] = stored_tensors(tmp_path / mode)
+    before = stored_tensors(source)
+    trained = [k for k in before if not torch.equal(before[k], runs["never"][k])]
+    assert trained
+    for key in trained:  # float16 write-back: at most one unit in the last place apart
+        a, b = runs["always"][key].float(), runs["never"][key].float()
+        assert torch.allclose(a, b, rtol=2e-3, atol=1e-6), key
+
+
 def test_packed_embeddings_stay_frozen_and_the_checkpoint_equals_the_trained_model(quantized, tmp_path):
     """A checkpoint with a packed (tied) embedding/head: the stage trains through the head's dequantized matrix,
     stores the same embedding bytes, and what it writes computes the trained model's logits."""

@@ -59,11 +59,14 @@ def layer_stack(model, names) -> list:
 
 
 def kept_activation_bytes(model, formats: dict[str, PackedFormat], options: DistillOptions) -> int:
-    """What a step keeps for its backward when no layer is recomputed: ~14 float32 vectors of the widest
-    projection per token and layer (inputs of norms, products, attention and the MLP's gates)."""
+    """What a step keeps for its backward when no layer is recomputed: per token and layer ~14 float32 vectors of
+    the widest projection (inputs of norms, products and the MLP's gates), and the eager attention's probabilities
+    (float32 and bf16, every head)."""
     hidden = model.get_input_embeddings().embedding_dim
     widest = max([hidden] + [f.out_features for f in formats.values()])
-    return options.batch_size * options.seqlen * len(layer_stack(model, formats)) * 14 * widest * 4
+    heads = getattr(model.config, "num_attention_heads", 1)
+    per_layer = options.seqlen * (14 * widest * 4 + heads * options.seqlen * 6)
+    return options.batch_size * len(layer_stack(model, formats)) * per_layer
 
 
 def recomputes_layers(model, formats: dict[str, PackedFormat], options: DistillOptions) -> bool:
