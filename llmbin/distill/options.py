@@ -32,7 +32,7 @@ class DistillOptions:
     eval_every: int = 16  # steps between held-out evaluations (the best state is kept)
     save_every: int = 8  # steps between resumable state saves (0: never)
     seed: int = 0
-    precision: str = "auto"  # forward/backward matmuls: auto (bf16 where the device multiplies it natively) | bf16 | fp32
+    precision: str = "auto"  # the step's matmuls: auto (bf16 where the device multiplies it natively) | bf16 | fp32
     checkpointing: str = "auto"  # recompute each layer in the backward: auto (when keeping every layer's activations
     #                              would pass ACTIVATIONS_BUDGET) | always | never
 

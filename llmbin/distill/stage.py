@@ -6,8 +6,8 @@ step; decoder layers are gradient-checkpointed (models/patching.py: only their i
 forward and backward) when keeping every layer's activations would pass 2 GiB (distill.checkpointing).
 The held-out loss is measured before, every `eval_every` steps and after; the best state wins, is rounded
 to float16 (the stored precision) and measured again; if that does not beat the starting loss the original
-tensors stay. Every `save_every` steps the state (step, parameters, Adam
-moments, best state) goes to `state_path`, so a killed stage resumes where it stopped.
+tensors stay. Every `save_every` steps the state (step, parameters, Adam moments, best state) goes to
+`state_path`, so a killed stage resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -124,9 +124,8 @@ class Stage:
 
     @contextmanager
     def held_weights(self):
-        with self.autocast():
-            for m in self.modules.values():
-                m.hold()
+        for m in self.modules.values():
+            m.hold()
         try:
             yield
         finally:
@@ -136,8 +135,8 @@ class Stage:
     def batch_loss(self, ids: torch.Tensor, target: TeacherCache) -> torch.Tensor:
         with self.autocast():
             logits = self.student(input_ids=ids.to(self.device), use_cache=False).logits
-        return distill_loss(logits.float(), target.to(self.device), ids.to(self.device), self.options.temperature, self.options.gamma,
-                            self.options.ce_weight)
+        return distill_loss(logits.float(), target.to(self.device), ids.to(self.device), self.options.temperature,
+                            self.options.gamma, self.options.ce_weight)
 
     @torch.no_grad()
     def held_out_loss(self) -> float:
