@@ -17,8 +17,9 @@ def estimate_memory(student, formats: dict[str, PackedFormat], options: DistillO
     hidden, vocab = embedding.embedding_dim, embedding.num_embeddings
     layers = layer_stack(student, formats)
     widest = max(f.out_features for f in formats.values()) if formats else hidden
-    acts = tokens * 4 * (hidden * len(layers) + 12 * max(hidden, widest))  # checkpointed inputs + one layer live
-    if not recomputes_layers(student, formats, options):
+    if recomputes_layers(student, formats, options):
+        acts = tokens * 4 * (hidden * len(layers) + 12 * max(hidden, widest))  # checkpointed inputs + one layer live
+    else:
         acts = kept_activation_bytes(student, formats, options)
     logits = 6 * tokens * vocab * 4  # logits, log-softmax, masked copy and their gradients
     cache = (options.nsamples + options.eval_nsamples) * options.seqlen * (8 * options.topk + 8)

@@ -80,6 +80,7 @@ class Stage:
                  options: DistillOptions, device="cpu", log=None, state_path: str | Path | None = None):
         self.student, self.formats, self.windows, self.cache = student, formats, windows, cache
         self.options, self.device, self.log = options, torch.device(device), log
+        self.dtype = compute_dtype(self.device, options.precision)  # bf16 under autocast, or float32
         self.state_path = Path(state_path) if state_path else None
         self.names = sorted(formats)
         self.n_train = len(windows.train)
@@ -90,10 +91,6 @@ class Stage:
             self.log.note(message)
 
     # -- setup -------------------------------------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        return compute_dtype(self.device, self.options.precision)
-
     def install(self) -> None:
         self.frozen = [(p, p.requires_grad) for p in self.student.parameters()]
         for p, _ in self.frozen:
