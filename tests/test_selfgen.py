@@ -62,3 +62,37 @@ def test_distillation_mixes_windows_the_teacher_writes(tiny_llama_dir, text_file
     assert torch.equal(mixed.train[:4], text.train[:4]) and torch.equal(mixed.held_out[:2], text.held_out)
     assert not any(torch.equal(row, t) for row in mixed.train[4:] for t in text.train)
     assert mixed.source.endswith("+ 50% selfgen")
+
+
+def test_distillation_fills_what_the_text_lacks_with_windows_the_teacher_writes(tiny_llama_dir, text_file, cache):
+    from llmbin.distill.data import filled_windows, text_windows
+    from llmbin.distill.options import DistillOptions
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    text = text_windows(str(text_file), tok, 10_000, 2, 32, 0)  # asks far more than the file holds
+    n_text = len(text.train)
+    options = DistillOptions(nsamples=n_text + 6, eval_nsamples=2, seqlen=32, fill="selfgen")
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    filled = filled_windows(text, teacher, tok, options)
+    assert filled.train.shape == (n_text + 6, 32) and torch.equal(filled.train[:n_text], text.train)
+    assert len(filled.held_out) == 2 + round(2 * 6 / n_text) and torch.equal(filled.held_out[:2], text.held_out)
+    assert not any(torch.equal(row, t) for row in filled.train[n_text:] for t in text.train)
+    assert filled.source.endswith("+ 6 selfgen windows") and filled.train_starts == text.train_starts
+    enough = DistillOptions(nsamples=n_text, eval_nsamples=2, seqlen=32, fill="selfgen")
+    assert filled_windows(text, teacher, tok, enough) is text  # nothing missing: nothing written
+    with pytest.raises(llmbin.LlmbinError, match="distill.fill must be none or selfgen"):
+        DistillOptions(fill="repeat")
+
+
+def test_the_nucleus_head_is_the_sorted_distribution_where_it_holds_top_p():
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.softmax(torch.randn(4, 5000, generator=gen) * 6, -1)  # top-1024 holds >= 0.95 in every row
+    flat = torch.softmax(torch.randn(4, 5000, generator=gen) * 0.1, -1)  # it does not: the full sort
+    for probs in (peaked, flat):
+        top, idx = selfgen._descending(probs)
+        full, full_idx = probs.sort(-1, descending=True)
+        assert torch.equal(top, full[:, :top.shape[1]]) and torch.equal(probs.gather(1, idx), top)
+        nucleus = lambda t: (t.cumsum(-1) - t < selfgen.SETTINGS["top_p"]).sum(-1)
+        assert torch.equal(nucleus(top), nucleus(full))
+    assert selfgen._descending(peaked)[0].shape[1] == 1024 and selfgen._descending(flat)[0].shape[1] == 5000

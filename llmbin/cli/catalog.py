@@ -42,6 +42,7 @@ def stages(recipe: Recipe) -> str:
     d = recipe.distill
     if d.enabled:
         mix = f", {d.selfgen_share:.0%} written by the model" if d.selfgen_share else ""
+        mix += ", the model writing what the text lacks" if d.fill == "selfgen" else ""
         parts.append(f"distillation ({d.nsamples} x {d.seqlen}-token windows{mix}, {d.epochs} epoch(s))")
     p = recipe.pipeline
     parts.append(f"embeddings/head {p.embeddings}" if p.embeddings != "none" else "embeddings/head in float")

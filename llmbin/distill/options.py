@@ -7,6 +7,7 @@ from ..errors import LlmbinError
 
 LOSSES = ("entropy_kl", "kl")
 DATA = ("calibration", "selfgen")
+FILLS = ("none", "selfgen")
 PRECISIONS = ("auto", "bf16", "fp32")
 CHECKPOINTING = ("auto", "always", "never")
 ACTIVATIONS_BUDGET = 2 * 2**30  # bytes of kept activations above which checkpointing=auto recomputes layers
@@ -22,6 +23,8 @@ class DistillOptions:
     topk: int = 128  # teacher distribution cached as its top-k log-probabilities + the rest's total mass
     data: str = "calibration"  # calibration (the calibration text) | selfgen (sampled from the teacher)
     selfgen_share: float = 0.0  # with data=calibration: this share of the windows sampled from the teacher instead
+    fill: str = "none"  # with data=calibration, when the text holds fewer than nsamples windows: none (train on
+    #                     what it holds) | selfgen (the teacher writes the missing windows)
     nsamples: int = 64  # training windows
     seqlen: int = 512  # tokens per window
     eval_nsamples: int = 4  # held-out windows, disjoint from the training ones
@@ -44,6 +47,8 @@ class DistillOptions:
             raise LlmbinError(f"distill.loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.data not in DATA:
             raise LlmbinError(f"distill.data must be calibration or selfgen, not {self.data!r}")
+        if self.fill not in FILLS:
+            raise LlmbinError(f"distill.fill must be none or selfgen, not {self.fill!r}")
         if self.checkpointing not in CHECKPOINTING:
             raise LlmbinError(f"distill.checkpointing must be auto, always or never, not {self.checkpointing!r}")
         if self.precision not in PRECISIONS:

@@ -10,7 +10,7 @@ import torch
 from ..errors import LlmbinError
 from ..host.files import digest, load_tensors, save_tensors
 from ..models.loading import load_model
-from .data import DistillWindows, mixed_windows, selfgen_windows, text_windows
+from .data import DistillWindows, filled_windows, mixed_windows, selfgen_windows, text_windows
 from .loss import TeacherCache, build_cache
 from .options import DistillOptions
 from .work_files import CACHE_FILE
@@ -52,8 +52,13 @@ def cached_teacher_targets(teacher_ref: str, tokenizer, dataset: str, options: D
     if windows is None:
         windows = selfgen_windows(teacher, tokenizer, options.nsamples, options.eval_nsamples, options.seqlen,
                                   options.seed)
-    elif options.selfgen_share > 0:
-        windows = mixed_windows(windows, teacher, tokenizer, options)
+    else:
+        if options.selfgen_share > 0:
+            windows = mixed_windows(windows, teacher, tokenizer, options)
+        if options.fill == "selfgen" and len(windows.train) < options.nsamples:
+            log.note(f"distill: the teacher writes {options.nsamples - len(windows.train)} windows the text lacks "
+                     "(distill.fill=selfgen)")
+            windows = filled_windows(windows, teacher, tokenizer, options)
     from tqdm.auto import tqdm
 
     everything = windows.all()
@@ -69,7 +74,8 @@ def cached_teacher_targets(teacher_ref: str, tokenizer, dataset: str, options: D
 def _cache_key(teacher_ref, windows: DistillWindows | None, options: DistillOptions) -> str:
     """What the targets depend on. Text windows are known before the teacher runs (their tokens count); selfgen
     windows are sampled by the teacher, so their recipe (counts, length, seed) stands in for them."""
-    data = (digest(windows.all()), len(windows.train), options.selfgen_share) if windows is not None else \
+    data = (digest(windows.all()), len(windows.train), options.selfgen_share,
+            options.nsamples if options.fill == "selfgen" else 0) if windows is not None else \
         ("selfgen", options.nsamples, options.eval_nsamples, options.seqlen, options.seed)
     return digest([teacher_ref, data, options.topk, options.temperature])
 
