@@ -8,6 +8,8 @@ outputs, with the next layer's own call, become the next layer's inputs.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -45,6 +47,7 @@ def _quantize_model(model, method, calib_ids, options, seed, log, device, work, 
     prefix, layers = decoder_layers(model)
     hidden_size = model.get_input_embeddings().embedding_dim
     dtype = next(model.parameters()).dtype
+    options = dataclasses.replace(options, stream=stream is not None)  # what this run does, whatever was asked
     est = estimate_memory(model, layers, *calib_ids.shape, torch.finfo(dtype).bits // 8, hidden_size, options,
                           drop_written=drop_written)
     log.note(describe(est, options, device))

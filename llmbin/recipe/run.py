@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..calibrate.embeddings import check_options, quantize_embeddings
+from ..calibrate.options import stream_setting
 from ..calibrate.pipeline import quantize_model
 from ..calibrate.quant_log import QuantLog
 from ..checkpoint.storage_dtype import dtype_name, round_to_storage, source_dtype
@@ -29,6 +30,7 @@ from ..models.loading import BUNDLED, load_config, load_model, resolve
 from ..models.streaming import StreamedModel
 from .recipe import Recipe
 from .result import QuantizedModel
+from .stream_choice import choose_stream
 
 
 @dataclass
@@ -104,9 +106,20 @@ def run_recipe(model_ref: str, recipe: Recipe, out: str | Path | None = None, ov
     device = torch.device(recipe.pipeline.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LlmbinError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
+    log = QuantLog(verbose=verbose)
+    asked = stream_setting(recipe.pipeline.stream)
+    recipe.pipeline.stream = choose_stream(recipe, config, log.note, trust_remote_code=trust_remote_code)
     stream = None
     if recipe.pipeline.stream:
-        stream = StreamedModel(model_ref, torch.float32 if device.type == "cpu" else torch.bfloat16, trust_remote_code)
+        try:
+            stream = StreamedModel(model_ref, torch.float32 if device.type == "cpu" else torch.bfloat16,
+                                   trust_remote_code)
+        except LlmbinError as exc:
+            if asked != "auto":
+                raise
+            log.note(f"pipeline.stream=auto: {model_ref} cannot be streamed ({str(exc).split(';')[0]}); loading it whole")
+            recipe.pipeline.stream = False
+    if stream is not None:
         model, tokenizer = stream.model, stream.tokenizer
     else:
         model, tokenizer = load_model(model_ref, recipe.pipeline.device, trust_remote_code=trust_remote_code)
@@ -121,7 +134,6 @@ def run_recipe(model_ref: str, recipe: Recipe, out: str | Path | None = None, ov
     work = None
     if out is not None:
         work = WorkArea(out, fingerprint, resume=resume, overwrite=overwrite, storage_dtype=storage)
-    log = QuantLog(verbose=verbose)
     try:
         def quantize_pass(pass_method, pass_work, final: bool = False):
             # a streamed final pass keeps no codes in memory (they are in the work area); an earlier pass (PTQ1.61's
