@@ -390,3 +390,22 @@ def test_a_stale_teacher_cache_is_refused(quantized, tmp_path, monkeypatch, data
     monkeypatch.setattr(teacher, "build_cache", teacher_pass)
     with pytest.raises(KeyboardInterrupt):  # the same settings reuse the cache and reach training
         llmbin.api.distill(source, out, options=DistillOptions(**options), verbose=False, resume=True)
+
+
+def test_fill_tops_up_short_text_with_windows_the_teacher_writes(quantized, tmp_path, monkeypatch, text_file, capsys):
+    import transformers
+
+    import llmbin
+    from llmbin.distill.data import text_windows
+
+    monkeypatch.setenv("LLMBIN_CACHE", str(tmp_path / "cache"))
+    source = quantized("gptq")
+    held = text_windows(str(text_file), transformers.AutoTokenizer.from_pretrained(source), 10_000, 2, 16, 0)
+    options = dict(SMALL, seqlen=16, nsamples=len(held.train) + 5, epochs=1, batch_size=8, eval_every=100)
+    capsys.readouterr()
+    outcome = llmbin.api.distill(source, tmp_path / "filled", options=DistillOptions(**options, fill="selfgen"))
+    assert outcome.stats["train_windows"] == [len(held.train) + 5, 16]
+    said = capsys.readouterr()
+    notes = [line for line in (said.out + said.err).splitlines() if "distill.fill" in line or "instead of" in line]
+    assert notes == [f"[llmbin] distill: {text_file} holds {len(held.train)} training windows of 16 tokens; the "
+                     "teacher writes the other 5 (distill.fill=selfgen)"]

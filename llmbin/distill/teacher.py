@@ -32,7 +32,7 @@ def cached_teacher_targets(teacher_ref: str, tokenizer, dataset: str, options: D
         if dataset == "selfgen":
             raise LlmbinError("the calibration data was selfgen; use --set distill.data=selfgen (or give --dataset)")
         windows = text_windows(dataset, tokenizer, options.nsamples, options.eval_nsamples, options.seqlen,
-                               options.seed, log)
+                               options.seed, None if options.fill == "selfgen" else log)  # a fill says it below
     else:
         windows = None  # sampled from the teacher below
     cache_file = None if state_dir is None else Path(state_dir) / CACHE_FILE
@@ -56,8 +56,8 @@ def cached_teacher_targets(teacher_ref: str, tokenizer, dataset: str, options: D
         if options.selfgen_share > 0:
             windows = mixed_windows(windows, teacher, tokenizer, options)
         if options.fill == "selfgen" and len(windows.train) < options.nsamples:
-            log.note(f"distill: the teacher writes {options.nsamples - len(windows.train)} windows the text lacks "
-                     "(distill.fill=selfgen)")
+            log.note(f"distill: {dataset} holds {len(windows.train)} training windows of {options.seqlen} tokens; the "
+                     f"teacher writes the other {options.nsamples - len(windows.train)} (distill.fill=selfgen)")
             windows = filled_windows(windows, teacher, tokenizer, options)
     from tqdm.auto import tqdm
 
