@@ -40,7 +40,9 @@ def test_auto_streams_only_when_the_whole_model_would_not_fit(tiny_llama_dir, te
     assert all(p.device.type == "cpu" for p in fits.model.model.layers.parameters())
 
     monkeypatch.setattr(stream_choice, "available_bytes", lambda: 2**20)  # 1 MB free: the model cannot be loaded whole
-    tight = llmbin.quantize(str(tiny_llama_dir), recipe(text_file), out=tmp_path / "tight", verbose=False)
+    asked = recipe(text_file)
+    tight = llmbin.quantize(str(tiny_llama_dir), asked, out=tmp_path / "tight", verbose=False)
+    assert asked.pipeline.stream == "auto"  # the caller's recipe is left as it was, for its next model
     assert len(notes(tight)) == 1 and "streaming the decoder layers" in notes(tight)[0]
     assert tight.info["recipe"]["pipeline"]["stream"] is True  # the checkpoint records what the run did
     assert all(p.device.type == "meta" for p in tight.model.model.layers.parameters())

@@ -38,7 +38,8 @@ def disjoint_windows(ids: torch.Tensor, n_train: int, n_eval: int, seqlen: int, 
     if n_train + n_eval > count:
         if log is not None:
             log.note(f"distill: {source} has only {count} windows of {seqlen} tokens; training on {count - n_eval} "
-                     f"instead of {n_train} (more need more text: a longer file, distill.fill=selfgen or distill.data=selfgen)")
+                     f"instead of {n_train} (more need more text: a longer file, distill.fill=selfgen or "
+                     "distill.data=selfgen)")
         n_train = count - n_eval
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     held, train = sorted(order[:n_eval]), order[n_eval:n_eval + n_train]
@@ -63,7 +64,7 @@ def filled_windows(text: DistillWindows, teacher, tokenizer, options) -> Distill
     if n_gen <= 0:
         return text
     n_gen_eval = round(len(text.held_out) * n_gen / len(text.train))
-    # Batches of 32 continuations of one opener: a 50k-vocabulary model samples ~2.5x faster a window than in 8s.
+    # Batches of 32 continuations of one opener: SmolLM2's forward costs ~1.8x less a token than in batches of 8.
     gen = generate_windows(teacher, tokenizer, n_gen + n_gen_eval, text.train.shape[1], options.seed + 2, batch_size=32)
     return DistillWindows(torch.cat([text.train, gen[:n_gen]]), torch.cat([text.held_out, gen[n_gen:]]),
                           text.train_starts, text.held_out_starts, f"{text.source} + {n_gen} selfgen windows")

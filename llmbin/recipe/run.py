@@ -3,7 +3,7 @@ embeddings, write the checkpoint. `llmbin.quantize` and `llmbin quantize` are th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -108,7 +108,9 @@ def run_recipe(model_ref: str, recipe: Recipe, out: str | Path | None = None, ov
         raise LlmbinError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
     log = QuantLog(verbose=verbose)
     asked = stream_setting(recipe.pipeline.stream)
-    recipe.pipeline.stream = choose_stream(recipe, config, log.note, trust_remote_code=trust_remote_code)
+    # the run's own copy records what it did (the caller's recipe keeps `auto` for its next model)
+    recipe = replace(recipe, pipeline=replace(recipe.pipeline, stream=choose_stream(recipe, config, log.note,
+                                                                                    trust_remote_code=trust_remote_code)))
     stream = None
     if recipe.pipeline.stream:
         try:
@@ -117,7 +119,8 @@ def run_recipe(model_ref: str, recipe: Recipe, out: str | Path | None = None, ov
         except LlmbinError as exc:
             if asked != "auto":
                 raise
-            log.note(f"pipeline.stream=auto: {model_ref} cannot be streamed ({str(exc).split(';')[0]}); loading it whole")
+            log.note(f"pipeline.stream=auto: {model_ref} cannot be streamed ({str(exc).split(';')[0]}); "
+                     "loading it whole")
             recipe.pipeline.stream = False
     if stream is not None:
         model, tokenizer = stream.model, stream.tokenizer

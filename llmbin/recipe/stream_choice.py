@@ -52,8 +52,8 @@ def choose_stream(recipe, config, note, available: int | None = None, trust_remo
     gb = lambda n: f"{n / 2**30:.1f} GB"
     stages = whole_model_stages(recipe)
     if stages:
-        note(f"pipeline.stream=auto: loading the whole model (float32 weights {gb(weights)}, ~{gb(need)} while loading, "
-             f"{gb(available)} available) because {' and '.join(stages)} needs it; if it runs out of memory, set "
+        note(f"pipeline.stream=auto: loading the whole model (float32 weights {gb(weights)}, ~{gb(need)} while "
+             f"loading, {gb(available)} available) because {' and '.join(stages)} needs it; if it runs out of memory, set "
              f"{', '.join(s.split()[0] + '=false' for s in stages)} and --set pipeline.stream=true")
         return False
     note(f"pipeline.stream=auto: streaming the decoder layers one at a time (loading the whole model would take "
