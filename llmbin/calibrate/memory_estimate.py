@@ -17,16 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import LlmbinError
-from ..host.memory import process_rss_bytes
-
-
-def _resident_tensor_bytes(model: nn.Module) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.device.type == "cpu" and t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
-    return total
+from ..host.memory import process_rss_bytes, resident_tensor_bytes
 
 
 def _linear_shapes(layer: nn.Module) -> list[tuple[int, int]]:
@@ -66,7 +57,7 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, nsamples: int, seql
     quantized_outside = options.embeddings != "none" or options.head not in ("none", "same")
     largest_outside = max((p.numel() * 4 for p in outside), default=0) if quantized_outside else 0
     embeddings_stage = params - in_layers + results + 3 * largest_outside
-    process = max(0, process_rss_bytes() - _resident_tensor_bytes(model))
+    process = max(0, process_rss_bytes() - resident_tensor_bytes(model))
     peak = max(host, embeddings_stage)
     return {"weights": weights, "activations": acts, "layer": layer_bytes, "statistics": stats, "solver": solver,
             "forward": forward, "results": results, "host": host, "embeddings_stage": embeddings_stage,

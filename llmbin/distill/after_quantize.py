@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import LlmbinError
 from ..models.walk import set_submodule
-from .memory_estimate import check_memory, estimate_memory
+from .memory_estimate import check_memory, describe, estimate_memory
 from .options import DistillOptions
 from .stage import Stage
 from .teacher import cached_teacher_targets
@@ -23,9 +23,8 @@ def distill_quantized(model, results: dict, model_ref: str, tokenizer, dataset: 
                           "finished checkpoint")
     formats = {n: r.format for n, r in results.items()}
     teacher_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    est = estimate_memory(model, formats, options, teacher_bytes)
-    log.note(f"distill pre-flight memory: {est['host'] / 2**30:.2f} GB host (teacher pass "
-             f"{est['teacher_pass'] / 2**30:.2f} GB, training {est['training'] / 2**30:.2f} GB)")
+    est = estimate_memory(model, formats, options, teacher_bytes, device)
+    log.note(describe(est))
     check_memory(est, memory_budget_mb)
     windows, cache = cached_teacher_targets(model_ref, tokenizer, dataset, options, device, log, state_dir)
     linears = {n: model.get_submodule(n) for n in results}

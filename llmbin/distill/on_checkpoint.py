@@ -16,7 +16,7 @@ from ..errors import LlmbinError
 from ..host.files import publish_directory
 from ..models.loading import load_config
 from ..nn import QuantLinear, TiedQuantHead
-from .memory_estimate import check_memory, estimate_memory
+from .memory_estimate import check_memory, describe, estimate_memory
 from .notes import card_notes, config_entry
 from .options import DistillOptions
 from .shards import rewrite_float_tensors
@@ -74,6 +74,14 @@ def differentiable_head(model, head):
         model.set_output_embeddings(head)
 
 
+def dense_head_bytes(head) -> int:
+    """The float32 copy `differentiable_head` makes of a packed head."""
+    if head is None:
+        return 0
+    packed = head.embedding if hasattr(head, "embedding") else head
+    return 4 * packed.in_features * packed.out_features
+
+
 class DistillOutcome:
     def __init__(self, model, formats, stats, path):
         self.model, self.formats, self.stats, self.path = model, formats, stats, path
@@ -114,9 +122,9 @@ def distill_checkpoint(path, out, teacher: str | None = None, dataset: str | Non
         if not formats:
             raise LlmbinError(f"{path} has no packed linears to distill")
         dense = sum(4 * f.out_features * f.in_features for f in formats.values())
-        est = estimate_memory(model, formats, options, dense + sum(p.numel() * 4 for p in model.parameters()))
-        log.note(f"distill pre-flight memory: {est['host'] / 2**30:.2f} GB host (teacher pass "
-                 f"{est['teacher_pass'] / 2**30:.2f} GB, training {est['training'] / 2**30:.2f} GB)")
+        est = estimate_memory(model, formats, options, dense + sum(p.numel() * 4 for p in model.parameters()), device,
+                              extra=dense_head_bytes(head))
+        log.note(describe(est))
         check_memory(est, memory_budget_mb)
         teacher_model = None
         if (path / "tokenizer_config.json").exists():

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import LlmbinError
 from ..formats import PackedFormat
 from ..host.files import digest, load_tensors, save_tensors
-from ..host.memory import peak_rss_mb
+from ..host.memory import peak_rss_mb, release_freed_memory
 from ..methods.solvers.training import compute_dtype
 from ..models.patching import checkpointed, eager_attention_on_cpu
 from ..models.walk import decoder_layers, set_submodule
@@ -92,6 +92,7 @@ class Stage:
 
     # -- setup -------------------------------------------------------------------------
     def install(self) -> None:
+        release_freed_memory()  # the teacher pass's freed heap (the teacher itself, its logits), before training
         self.frozen = [(p, p.requires_grad) for p in self.student.parameters()]
         for p, _ in self.frozen:
             p.requires_grad_(False)
@@ -227,13 +228,15 @@ class Stage:
                     idx = torch.tensor(self.order(epoch)[within * self.options.batch_size:(within + 1) * self.options.batch_size])
                     for group in opt.param_groups:
                         group["lr"] = self.step_size(step)
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad(set_to_none=False)
                     with self.held_weights():
-                        loss = self.batch_loss(self.windows.train[idx], self.cache.select(idx))
-                        loss.backward()
+                        loss_tensor = self.batch_loss(self.windows.train[idx], self.cache.select(idx))
+                        loss_tensor.backward()
+                        loss = loss_tensor.item()
                     opt.step()
+                    del loss_tensor
                     step += 1
-                    running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+                    running = loss if running is None else 0.9 * running + 0.1 * loss
                     bar.update()
                     bar.set_postfix(loss=f"{running:.4f}", best=f"{best_loss:.4f}")
                     if step % self.options.eval_every == 0 or step == self.total:

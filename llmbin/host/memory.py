@@ -45,6 +45,16 @@ def process_rss_bytes() -> int:
     return _proc_kb_field("/proc/self/status", "VmRSS") or 0
 
 
+def resident_tensor_bytes(module) -> int:
+    """Bytes of a torch module's parameters and buffers held on the CPU, each shared storage counted once."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type == "cpu" and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    return total
+
+
 def available_bytes() -> int | None:
     """Memory the system can give this process now without swapping (Linux MemAvailable; None elsewhere)."""
     return _proc_kb_field("/proc/meminfo", "MemAvailable")
