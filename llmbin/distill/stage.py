@@ -140,9 +140,10 @@ class Stage:
     def held_out_loss(self) -> float:
         first, total = self.n_train, 0.0
         held = self.windows.held_out
-        for start in range(0, len(held), self.options.batch_size):
-            idx = torch.arange(first + start, first + min(start + self.options.batch_size, len(held)))
-            total += float(self.batch_loss(held[start:start + len(idx)], self.cache.select(idx))) * len(idx)
+        with self.held_weights():
+            for start in range(0, len(held), self.options.batch_size):
+                idx = torch.arange(first + start, first + min(start + self.options.batch_size, len(held)))
+                total += float(self.batch_loss(held[start:start + len(idx)], self.cache.select(idx))) * len(idx)
         return total / len(held)
 
     # -- state -------------------------------------------------------------------------

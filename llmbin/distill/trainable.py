@@ -9,15 +9,16 @@ with d an fp32 parameter starting at 0. The forward dequantizes the format with 
 `load_rounded()` resets T0 to those rounded values with d = 0, so the module then computes exactly
 what the packed checkpoint holds.
 
-Speed (the stage runs hundreds of steps): a bit-plane format is rebuilt in its stored column order from planes held
-as floats, and the input's columns are gathered into that order instead of the weight's being scattered back
+Speed (the stage runs hundreds of steps): a bit-plane format is rebuilt in its stored column order from its planes
+(viewed as int8), and the input's columns are gathered into that order instead of the weight's being scattered back
 (`_StoredOrder`); and `hold()` builds each weight once per training step, so the checkpointed layers' recomputation
 reuses it instead of dequantizing again.
 
 Memory: a held weight's graph would keep weight-sized intermediates (the weight before each per-row or per-column
-scale) for every linear until the step's backward: ~2 more weights per linear, 5.6 GB on a 1.5B model. The weight
-is built under activation checkpointing instead, so only its float tensors are kept and the backward rebuilds the
-intermediates one linear at a time.
+scale) for every linear until the step's backward: ~2 more weights per linear, 5.6 GB on a 1.5B model. So the held
+weight is built without a graph into a buffer kept across steps, and once the backward has its gradient the weight
+is rebuilt with its graph, one linear at a time, to carry it to the float tensors. Outside `hold()` the weight is
+built under activation checkpointing, to the same effect.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class TrainableQuantLinear(nn.Module):
         self.dtype = dtype  # the product's dtype (bf16 under the stage's autocast)
         self.stored_order = _StoredOrder(self.frozen, dtype) if _StoredOrder.fits(fmt) else None
         self.held = None
+        self.buffer = None  # the held weight, reused from step to step (hold())
 
     def base(self, name: str) -> torch.Tensor:
         return getattr(self, f"base_{name}")
@@ -77,13 +79,34 @@ class TrainableQuantLinear(nn.Module):
 
     def compute_in(self, dtype: torch.dtype) -> None:
         """The product's dtype from now on (the stage trains in bf16 and hands back a float32 model)."""
-        self.dtype = dtype
+        self.dtype, self.buffer = dtype, None
         if self.stored_order is not None:
             self.stored_order = _StoredOrder(self.frozen, dtype)
 
     def hold(self) -> None:
-        """Build the weight once for a whole training step (its forward, recomputation and backward)."""
-        self.held = self.product_weight()
+        """Build the weight once for a whole training step (its forward, recomputation and backward).
+
+        The weight goes into a buffer kept from step to step (a leaf of the step's graph; the held-out passes use it
+        too): a new weight-sized tensor for every linear in every step and every held-out batch fragmented the heap
+        until the 1.5B model's RSS was twice its live memory.
+        When the step's backward has summed the buffer's gradient, `_weight_backward` carries it to the float tensors.
+        """
+        build = self._dense_weight if self.stored_order is None else self.stored_order.weight
+        with torch.no_grad():
+            w = build(self.floats())
+            if self.buffer is None or self.buffer.shape != w.shape or self.buffer.dtype != w.dtype:
+                self.buffer = torch.empty_like(w).requires_grad_(True)
+                self.buffer.register_post_accumulate_grad_hook(self._weight_backward)
+            self.buffer.copy_(w)
+        self.held = self.buffer, None if self.stored_order is None else self.stored_order.order
+
+    def _weight_backward(self, buffer: torch.Tensor) -> None:
+        """The held weight's gradient into the float tensors' changes: the weight is rebuilt with its graph (one
+        linear at a time) and the gradient dropped."""
+        build = self._dense_weight if self.stored_order is None else self.stored_order.weight
+        with torch.enable_grad():
+            torch.autograd.backward(build(self.floats()), buffer.grad)
+        buffer.grad = None
 
     def release(self) -> None:
         self.held = None
