@@ -3,7 +3,7 @@ the process itself (interpreter and libraries: its resident memory not held by t
 
 Training holds the student's tensors (packed codes, unquantized weights), five float32 copies of every trained
 tensor (base, change, gradient, Adam's two moments), what each trainable linear holds through a step (its weight
-in the compute dtype, and int8 planes: `trainable.step_bytes`), one linear's backward (its weight rebuilt, the
+in the compute dtype and its format as loaded: `trainable.step_bytes`), one linear's backward (its weight rebuilt, the
 intermediates, the gradient), the activations kept for the backward, the logits and their gradients, the teacher's
 cached targets, and `extra` (a float copy of a packed head the step differentiates through).
 The teacher pass holds the student, the float teacher, the cache and two batches of logits.
