@@ -135,8 +135,8 @@ def prepare_state(module, isa: str | None = None, bitplanes: bool = False) -> Cp
     whole_blocks = meta.get("group_size", 0) % 32 == 0 or meta.get("group_size", 0) >= meta["in_features"]
     if (meta["format"] == "uniform" and not bitplanes and not exact_only()
             and ext.uniform_supported() and whole_blocks):
-        codes, scales, zscales, bits = uniform_codes(meta, buffers)
-        plan = ext.UniformPlan(codes, scales, zscales, meta["out_features"], meta["in_features"],
+        codes, scales, zeros, bits = uniform_codes(meta, buffers)
+        plan = ext.UniformPlan(codes, scales, zeros, meta["out_features"], meta["in_features"],
                                min(meta["group_size"], meta["in_features"]), bits)
         return CpuState(plan, ISAS[isa], meta["out_features"], plan.key)
     layout = uniform_layout if meta["format"] == "uniform" else layer_layout

@@ -56,7 +56,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<UniformPlan>(m, "UniformPlan")
       .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, int64_t>(), pybind11::arg("codes"),
-           pybind11::arg("scales"), pybind11::arg("zscales"), pybind11::arg("n"), pybind11::arg("k"), pybind11::arg("group"),
+           pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("n"), pybind11::arg("k"), pybind11::arg("group"),
            pybind11::arg("bits"))
       .def_readonly("key", &UniformPlan::key)
       .def("block_tile", &UniformPlan::block_tile, pybind11::arg("nb"))

@@ -129,7 +129,7 @@ def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
 
 def uniform_codes(meta: dict, buffers: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """A `uniform` layer in the integer-code kernel's layout (uniform_kernels.h): (codes uint8 [NB, lines, 32],
-    scales and -zero*scale float32 [NB, groups, 16], bits). Rows padded to blocks of 16, columns to blocks of 32
+    scales fp16 and zero points uint8 [NB, groups, 16] as the format stores them, bits). Rows padded to blocks of 16, columns to blocks of 32
     (zero codes); up to 5 bits two codes' low 4 bits share a byte, 5-bit codes add two lines of fifth bits a block."""
     buf = {name: b.detach().cpu() for name, b in buffers.items()}
     n, k, bits = meta["out_features"], meta["in_features"], meta["bits"]
@@ -148,10 +148,8 @@ def uniform_codes(meta: dict, buffers: dict[str, torch.Tensor]) -> tuple[torch.T
         low_high = torch.stack([words & 255, words >> 8], -1).to(torch.uint8).view(nb, kp // 32, 2, 32)
         lines = torch.cat([lines, low_high], 2)
     lines = lines.reshape(nb, -1, 32).contiguous()
-    s = buf["scales"].float()
-    zs = -buf["zeros"].float() * s
 
     def blocks(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (0, 0, 0, nb * 16 - n)).view(nb, 16, -1).permute(0, 2, 1).contiguous()
 
-    return lines, blocks(s), blocks(zs), bits
+    return lines, blocks(buf["scales"].to(torch.float16)), blocks(buf["zeros"].to(torch.uint8)), bits

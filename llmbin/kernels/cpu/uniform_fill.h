@@ -49,8 +49,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
                                                                               int64_t tile_cols) {
   const __m512i low = _mm512_set1_epi16(15);
   for (int64_t g = 0; g < L.ng; ++g) {
-    const __m512 s = _mm512_loadu_ps(L.scales + (nb * L.ng + g) * kRows);
-    const __m512 zs = _mm512_loadu_ps(L.zscales + (nb * L.ng + g) * kRows);
+    const __m512 s = group_scales512(L, nb, g);
+    const __m512 zs = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), group_zeros512(L, nb, g)), s);
     for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
       const uint8_t* block = L.codes + (nb * L.lines + b * L.per_block()) * 32;
       const __m512i hb = L.fifth ? _mm512_loadu_si512(block + 8 * 32) : _mm512_setzero_si512();
@@ -85,8 +85,8 @@ __attribute__((target("avx2,fma"))) void uniform_block_f32_avx2(const UniformLay
   const int64_t lpb = L.per_block();
   const __m256i low = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
   for (int64_t g = 0; g < L.ng; ++g) {
-    const float* sc = L.scales + (nb * L.ng + g) * kRows;
-    const float* zs = L.zscales + (nb * L.ng + g) * kRows;
+    float sc[kRows], zs[kRows];
+    for (int64_t r = 0; r < kRows; ++r) sc[r] = L.scale(nb, g, r), zs[r] = L.zscale(nb, g, r);
     __m256 s[8], z[8];  // index 2i + h: rows 4i + h (low lane) and 4i + h + 2 (high lane)
     for (int i = 0; i < 4; ++i)
       for (int h = 0; h < 2; ++h) {
@@ -131,7 +131,7 @@ void uniform_block_f32(const UniformLayer& L, int64_t nb, int64_t col0, float* r
   for (int64_t r = 0; r < kRows; ++r) {
     float* out = rows + (col0 + r) * slots;
     for (int64_t g = 0; g < L.ng; ++g) {
-      const float s = L.scales[(nb * L.ng + g) * kRows + r], zs = L.zscales[(nb * L.ng + g) * kRows + r];
+      const float s = L.scale(nb, g, r), zs = L.zscale(nb, g, r);
       for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
         const uint8_t* block = L.codes + (nb * L.lines + b * L.per_block()) * 32;
         if (L.nibbles) {

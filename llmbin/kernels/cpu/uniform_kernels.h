@@ -26,12 +26,17 @@
 namespace {
 
 struct UniformLayer {
-  const uint8_t* codes;  // [NB][lines][32]
-  const float* scales;   // [NB][ng][16]
-  const float* zscales;  // [NB][ng][16]: -zero * scale
+  const uint8_t* codes;      // [NB][lines][32]
+  const at::Half* scales;    // [NB][ng][16]: the checkpoint's fp16 scales, as stored
+  const uint8_t* zeros;      // [NB][ng][16]: the zero points (a decode token reads 3 bytes a row and group, not 8)
   int64_t NB, KB, ng, bpg, lines;  // KB = blocks of 32 activations, bpg = blocks per group
   bool nibbles, fifth;  // nibbles: codes of up to 4 bits (or 5 with `fifth`: the bit lines after a block's 8)
   int64_t per_block() const { return nibbles ? (fifth ? 10 : 8) : 16; }  // lines per block of 32 columns
+  // row r of row block nb, group g: its scale and -zero * scale (the float32 product the format's dequantize makes)
+  float scale(int64_t nb, int64_t g, int64_t r) const { return static_cast<float>(scales[(nb * ng + g) * 16 + r]); }
+  float zscale(int64_t nb, int64_t g, int64_t r) const {
+    return -static_cast<float>(zeros[(nb * ng + g) * 16 + r]) * scale(nb, g, r);
+  }
 };
 
 // Code (r, k) of row block nb, as stored: the portable reading of the layout above.
@@ -78,13 +83,22 @@ void uniform_rows_scalar(const UniformLayer& L, const int16_t* xq, const float* 
         for (int64_t k = b * 32; k < b * 32 + 32; ++k) acc += code_at(L, nb, r, k) * static_cast<int32_t>(xq[k]);
         gr += static_cast<float>(acc) * xs[b];
       }
-      yr += gr * L.scales[(nb * L.ng + g) * kRows + r] + L.zscales[(nb * L.ng + g) * kRows + r] * xsum[g];
+      yr += (gr - static_cast<float>(L.zeros[(nb * L.ng + g) * kRows + r]) * xsum[g]) * L.scale(nb, g, r);
     }
     y[r] = yr;
   }
 }
 
 #ifdef LLMBIN_X86
+
+// The 16 rows' scales and zero points of row block nb, group g, as floats.
+__attribute__((target("avx512f"))) inline __m512 group_scales512(const UniformLayer& L, int64_t nb, int64_t g) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + (nb * L.ng + g) * kRows)));
+}
+__attribute__((target("avx512f"))) inline __m512 group_zeros512(const UniformLayer& L, int64_t nb, int64_t g) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(L.zeros + (nb * L.ng + g) * kRows))));
+}
 
 // Bit j of each 16-bit lane moved to bit 4 (the fifth bit of a code), everything else cleared.
 __attribute__((target("avx512f,avx512bw"))) inline __m512i fifth_bit512(__m512i words, int j) {
@@ -146,11 +160,9 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void uniform_rows_vnni(co
       for (int r = 0; r < RB; ++r) gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), scale, gacc[r]);
     }
     const __m512 sum = _mm512_set1_ps(xsum[g]);
-    for (int r = 0; r < RB; ++r) {
-      const int64_t at = ((nb + r) * L.ng + g) * kRows;
-      yacc[r] = _mm512_fmadd_ps(gacc[r], _mm512_loadu_ps(L.scales + at), yacc[r]);
-      yacc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(L.zscales + at), sum, yacc[r]);
-    }
+    for (int r = 0; r < RB; ++r)  // scale * (sum of codes x activations - zero * sum of activations)
+      yacc[r] = _mm512_fmadd_ps(_mm512_fnmadd_ps(group_zeros512(L, nb + r, g), sum, gacc[r]),
+                                group_scales512(L, nb + r, g), yacc[r]);
   }
   for (int r = 0; r < RB; ++r) _mm512_storeu_ps(y + r * kRows, yacc[r]);
 }
@@ -164,8 +176,8 @@ __attribute__((target("avx2"))) inline __m256i fifth_bit256(__m256i words, int j
   return _mm256_and_si256(t, _mm256_set1_epi16(16));
 }
 
-template <int RB, bool NIB, bool FIFTH = false>
-__attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L, const int16_t* xq, const float* xs,
+template <int RB, bool NIB, bool FIFTH = false>  // F16C: on every CPU with AVX2 and FMA
+__attribute__((target("avx2,fma,f16c"))) void uniform_rows_avx2(const UniformLayer& L, const int16_t* xq, const float* xs,
                                                           const float* xsum, int64_t nb, float* y) {
   const __m256i low = _mm256_set1_epi16(15);
   const int64_t lpb = L.per_block();
@@ -217,8 +229,9 @@ __attribute__((target("avx2,fma"))) void uniform_rows_avx2(const UniformLayer& L
     for (int r = 0; r < RB; ++r)
       for (int h = 0; h < 2; ++h) {
         const int64_t at = ((nb + r) * L.ng + g) * kRows + 8 * h;
-        yacc[r][h] = _mm256_fmadd_ps(gacc[r][h], _mm256_loadu_ps(L.scales + at), yacc[r][h]);
-        yacc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(L.zscales + at), sum, yacc[r][h]);
+        const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(L.scales + at)));
+        const __m256 z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(L.zeros + at))));
+        yacc[r][h] = _mm256_fmadd_ps(_mm256_fnmadd_ps(z, sum, gacc[r][h]), s, yacc[r][h]);
       }
   }
   for (int r = 0; r < RB; ++r)

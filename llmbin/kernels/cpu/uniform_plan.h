@@ -28,14 +28,14 @@ inline int one_token_shards(int64_t passes, int64_t lines) {
 }
 
 struct UniformPlan : PackedPlan {
-  at::Tensor codes, scales, zscales, gidx, gscale;
+  at::Tensor codes, scales, zeros, gidx, gscale;
   UniformLayer L;
   int64_t N, K;
 
-  // codes uint8 [NB, lines, 32] (uniform_kernels.h's layout for `bits`), scales / zscales float [NB, ng, 16]
-  UniformPlan(at::Tensor codes_, at::Tensor scales_, at::Tensor zscales_, int64_t n, int64_t k, int64_t group,
+  // codes uint8 [NB, lines, 32] (uniform_kernels.h's layout for `bits`), scales fp16 and zeros uint8 [NB, ng, 16]
+  UniformPlan(at::Tensor codes_, at::Tensor scales_, at::Tensor zeros_, int64_t n, int64_t k, int64_t group,
               int64_t bits)
-      : codes(codes_.contiguous()), scales(scales_.contiguous()), zscales(zscales_.contiguous()), N(n), K(k) {
+      : codes(codes_.contiguous()), scales(scales_.contiguous()), zeros(zeros_.contiguous()), N(n), K(k) {
     TORCH_CHECK(uniform_supported(), "the integer-code kernel needs AVX512-VNNI or AVX2");
     TORCH_CHECK(bits >= 1 && bits <= 8, "integer codes have 1 to 8 bits, not ", bits);
     const int64_t NB = (N + kRows - 1) / kRows, KB = (K + 31) / 32;
@@ -45,10 +45,10 @@ struct UniformPlan : PackedPlan {
     const int64_t lines = KB * (nib ? (fifth ? 10 : 8) : 16);
     TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 3 && codes.size(0) == NB && codes.size(1) == lines &&
                 codes.size(2) == 32, "bad integer codes tensor");
-    for (const at::Tensor* t : {&scales, &zscales})
-      TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == NB * ng * kRows, "bad integer-code scales");
-    L = UniformLayer{codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), zscales.data_ptr<float>(), NB, KB, ng, bpg,
-                     lines, nib, fifth};
+    TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == NB * ng * kRows, "bad integer-code scales");
+    TORCH_CHECK(zeros.scalar_type() == at::kByte && zeros.numel() == NB * ng * kRows, "bad integer-code zero points");
+    L = UniformLayer{codes.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), zeros.data_ptr<uint8_t>(), NB, KB, ng,
+                     bpg, lines, nib, fifth};
     gidx = at::arange(KB * 32, at::kInt).masked_fill(at::arange(KB * 32, at::kInt) >= K, -1);
     gscale = (gidx >= 0).to(at::kFloat);
     publish();
@@ -147,8 +147,16 @@ struct UniformPlan : PackedPlan {
 #ifdef LLMBIN_X86
       IntTokens tok;
       prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok, q8);
-      const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, L.scales, L.ng * kRows, kRows}};
-      const std::vector<IntOffsets> offs{IntOffsets{0, L.KB, L.bpg, L.zscales, L.ng}};
+      // the GEMM's float scales for this call (NB x ng x 16 of them: small beside the staged codes)
+      std::vector<float> sc(NB * L.ng * kRows), zs(sc.size());
+      at::parallel_for(0, NB, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t nb = b0; nb < b1; ++nb)
+          for (int64_t g = 0; g < L.ng; ++g)
+            for (int64_t r = 0; r < kRows; ++r)
+              sc[(nb * L.ng + g) * kRows + r] = L.scale(nb, g, r), zs[(nb * L.ng + g) * kRows + r] = L.zscale(nb, g, r);
+      });
+      const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, sc.data(), L.ng * kRows, kRows}};
+      const std::vector<IntOffsets> offs{IntOffsets{0, L.KB, L.bpg, zs.data(), L.ng}};
       const auto stage = [&](int64_t nb, size_t, int16_t* out) {
         for (int64_t b = 0; b < L.KB; ++b) uniform_stage_block(L, nb, b, out + b * 16 * 32);
       };
