@@ -166,6 +166,8 @@ def test_a_held_weight_keeps_no_weight_sized_tensor_for_its_backward(kind):
     (weight * (probe if order is None else probe[:, order])).sum().backward()
     for name, d in module.deltas.items():
         assert torch.allclose(d.grad, expected[name], rtol=1e-4, atol=1e-5), name
+    module.hold()  # the next step refills the same [out, in] buffer: no new weight-sized allocation per step
+    assert module.held[0].data_ptr() == weight.data_ptr() and module.held[0].shape == (n, k)
     # what the pre-flight estimate counts: every distinct storage the module holds besides its float32 tensors
     import dataclasses
 

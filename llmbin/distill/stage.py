@@ -122,6 +122,8 @@ class Stage:
 
     @contextmanager
     def held_weights(self):
+        for m in self.modules.values():  # every buffer first, side by side in the heap (TrainableQuantLinear.allocate)
+            m.allocate()
         for m in self.modules.values():
             m.hold()
         try:
