@@ -4,7 +4,8 @@
 // A token's activations are quantized to int16 per block of 32 (scale = max|x| / 32767: error <= max|x| / 65534 per
 // activation, far below bf16's 2^-9), and vpdpwssd multiplies 16 rows x 2 codes by a broadcast activation pair per
 // instruction, summing exactly in int32 (32 x 255 x 32767 < 2^31 per block). Per block the int32 sums become float
-// times the block's scale, per group times the row's scale, plus (-zero * scale) times the group's float sum of x.
+// times the block's scale, per group (minus the row's zero point times the group's float sum of x) times the row's
+// scale. Scales stay the format's fp16 and zero points its uint8 (3 bytes a row and group a token reads, not 8).
 // Compared with the lookup tables over bit planes this needs one instruction per 32 weights for any bit width
 // instead of one per plane per 64: 4-bit layers 2x, the 5-bit head 2.5x fewer instructions.
 //
