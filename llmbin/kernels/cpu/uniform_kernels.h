@@ -101,6 +101,18 @@ __attribute__((target("avx512f"))) inline __m512 group_zeros512(const UniformLay
       _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(L.zeros + (nb * L.ng + g) * kRows))));
 }
 
+// Row blocks [nb0, nb1)'s scales and -zero * scale as float32 [nb][ng][16] (the integer GEMM's terms, per call).
+__attribute__((target("avx512f"))) void float_scales512(const UniformLayer& L, int64_t nb0, int64_t nb1, float* sc,
+                                                        float* zs) {
+  for (int64_t nb = nb0; nb < nb1; ++nb)
+    for (int64_t g = 0; g < L.ng; ++g) {
+      const __m512 s = group_scales512(L, nb, g);
+      _mm512_storeu_ps(sc + (nb * L.ng + g) * kRows, s);
+      _mm512_storeu_ps(zs + (nb * L.ng + g) * kRows,
+                       _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), group_zeros512(L, nb, g)), s));
+    }
+}
+
 // Bit j of each 16-bit lane moved to bit 4 (the fifth bit of a code), everything else cleared.
 __attribute__((target("avx512f,avx512bw"))) inline __m512i fifth_bit512(__m512i words, int j) {
   const __m512i t = j <= 4 ? _mm512_sll_epi16(words, _mm_cvtsi32_si128(4 - j))

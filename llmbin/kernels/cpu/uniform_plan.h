@@ -149,12 +149,7 @@ struct UniformPlan : PackedPlan {
       prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok, q8);
       // the GEMM's float scales for this call (NB x ng x 16 of them: small beside the staged codes)
       std::vector<float> sc(NB * L.ng * kRows), zs(sc.size());
-      at::parallel_for(0, NB, 16, [&](int64_t b0, int64_t b1) {
-        for (int64_t nb = b0; nb < b1; ++nb)
-          for (int64_t g = 0; g < L.ng; ++g)
-            for (int64_t r = 0; r < kRows; ++r)
-              sc[(nb * L.ng + g) * kRows + r] = L.scale(nb, g, r), zs[(nb * L.ng + g) * kRows + r] = L.zscale(nb, g, r);
-      });
+      at::parallel_for(0, NB, 64, [&](int64_t b0, int64_t b1) { float_scales512(L, b0, b1, sc.data(), zs.data()); });
       const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, sc.data(), L.ng * kRows, kRows}};
       const std::vector<IntOffsets> offs{IntOffsets{0, L.KB, L.bpg, zs.data(), L.ng}};
       const auto stage = [&](int64_t nb, size_t, int16_t* out) {
