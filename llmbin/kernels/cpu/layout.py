@@ -152,4 +152,5 @@ def uniform_codes(meta: dict, buffers: dict[str, torch.Tensor]) -> tuple[torch.T
     def blocks(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (0, 0, 0, nb * 16 - n)).view(nb, 16, -1).permute(0, 2, 1).contiguous()
 
+    # the format stores fp16 and uint8; a model cast to another float dtype casts its buffers, exactly, from fp16
     return lines, blocks(buf["scales"].to(torch.float16)), blocks(buf["zeros"].to(torch.uint8)), bits

@@ -50,7 +50,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void uniform_block_vnni(c
   const __m512i low = _mm512_set1_epi16(15);
   for (int64_t g = 0; g < L.ng; ++g) {
     const __m512 s = group_scales512(L, nb, g);
-    const __m512 zs = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), group_zeros512(L, nb, g)), s);
+    const __m512 zs = group_zscales512(L, nb, g, s);
     for (int64_t b = g * L.bpg; b < std::min(L.KB, (g + 1) * L.bpg); ++b) {
       const uint8_t* block = L.codes + (nb * L.lines + b * L.per_block()) * 32;
       const __m512i hb = L.fifth ? _mm512_loadu_si512(block + 8 * 32) : _mm512_setzero_si512();

@@ -35,9 +35,8 @@ struct UniformLayer {
   int64_t per_block() const { return nibbles ? (fifth ? 10 : 8) : 16; }  // lines per block of 32 columns
   // row r of row block nb, group g: its scale and -zero * scale (the float32 product the format's dequantize makes)
   float scale(int64_t nb, int64_t g, int64_t r) const { return static_cast<float>(scales[(nb * ng + g) * 16 + r]); }
-  float zscale(int64_t nb, int64_t g, int64_t r) const {
-    return -static_cast<float>(zeros[(nb * ng + g) * 16 + r]) * scale(nb, g, r);
-  }
+  float zero(int64_t nb, int64_t g, int64_t r) const { return static_cast<float>(zeros[(nb * ng + g) * 16 + r]); }
+  float zscale(int64_t nb, int64_t g, int64_t r) const { return -zero(nb, g, r) * scale(nb, g, r); }
 };
 
 // Code (r, k) of row block nb, as stored: the portable reading of the layout above.
@@ -84,7 +83,7 @@ void uniform_rows_scalar(const UniformLayer& L, const int16_t* xq, const float* 
         for (int64_t k = b * 32; k < b * 32 + 32; ++k) acc += code_at(L, nb, r, k) * static_cast<int32_t>(xq[k]);
         gr += static_cast<float>(acc) * xs[b];
       }
-      yr += (gr - static_cast<float>(L.zeros[(nb * L.ng + g) * kRows + r]) * xsum[g]) * L.scale(nb, g, r);
+      yr += (gr - L.zero(nb, g, r) * xsum[g]) * L.scale(nb, g, r);
     }
     y[r] = yr;
   }
@@ -100,6 +99,10 @@ __attribute__((target("avx512f"))) inline __m512 group_zeros512(const UniformLay
   return _mm512_cvtepi32_ps(
       _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(L.zeros + (nb * L.ng + g) * kRows))));
 }
+// -zero * scale of the same rows, given their scales s (the float32 product the format's dequantize makes)
+__attribute__((target("avx512f"))) inline __m512 group_zscales512(const UniformLayer& L, int64_t nb, int64_t g, __m512 s) {
+  return _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), group_zeros512(L, nb, g)), s);
+}
 
 // Row blocks [nb0, nb1)'s scales and -zero * scale as float32 [nb][ng][16] (the integer GEMM's terms, per call).
 __attribute__((target("avx512f"))) void float_scales512(const UniformLayer& L, int64_t nb0, int64_t nb1, float* sc,
@@ -108,8 +111,7 @@ __attribute__((target("avx512f"))) void float_scales512(const UniformLayer& L, i
     for (int64_t g = 0; g < L.ng; ++g) {
       const __m512 s = group_scales512(L, nb, g);
       _mm512_storeu_ps(sc + (nb * L.ng + g) * kRows, s);
-      _mm512_storeu_ps(zs + (nb * L.ng + g) * kRows,
-                       _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), group_zeros512(L, nb, g)), s));
+      _mm512_storeu_ps(zs + (nb * L.ng + g) * kRows, group_zscales512(L, nb, g, s));
     }
 }
 
