@@ -1,5 +1,5 @@
 #!/bin/bash
-# issue 31, session 44, Zen 5: decode/prefill paired with llama.cpp Q4_0, the fp16-scale plans (new, commit 3ea224c)
+# issue 31, session 44, Zen 4 (family 25 model 17; first labelled Zen 5): decode/prefill paired with llama.cpp Q4_0, the fp16-scale plans (new, commit 3ea224c)
 # against the float32-scale plans (old, e4a2973's llmbin package), alternating old/new runs; 2 threads, alone
 cd /work/main
 export OMP_NUM_THREADS=2
