@@ -82,6 +82,21 @@ def test_compiled_static_decode_matches_eager_and_hf_generate(backend, layers, t
                                                             if backend == "cpu" else 0)
 
 
+def test_each_decoder_compiles_a_guard_free_step_of_its_own(tokenizer):
+    """The compiled step keeps no guards, so a Decoder must never find another Decoder's graph: two models of
+    different widths, compiled in one process and decoded in turn, each give their own eager tokens."""
+    narrow = packed_tiny_llama(seed=2)
+    wide = packed_tiny_llama(seed=3, hidden_size=128, intermediate_size=160)
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    eager = {name: list(Decoder(model, ids.shape[1] + 6, compile=False).stream(ids, 6, Sampler()))
+             for name, model in (("narrow", narrow), ("wide", wide))}
+    assert eager["narrow"] != eager["wide"]  # else a swapped graph would go unseen
+    decoders = {name: Decoder(model, ids.shape[1] + 6, compile=True) for name, model in (("narrow", narrow), ("wide", wide))}
+    for name in ("narrow", "wide", "narrow"):
+        tokens = list(decoders[name].stream(ids, 6, Sampler()))
+        assert decoders[name].mode == "compiled" and tokens == eager[name], name
+
+
 @pytest.mark.slow  # about a minute: the interpreted kernels run inside the compiled step
 def test_triton_backend_compiles_into_the_step_under_the_interpreter(tokenizer, monkeypatch):
     pytest.importorskip("triton")

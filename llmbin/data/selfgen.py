@@ -47,19 +47,22 @@ def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, ba
     openers = openers or [torch.tensor([i]) for i in range(min(vocab, len(tokenizer), 1000))]  # a toy vocabulary
     gen = torch.Generator().manual_seed(seed)
     out, refused = [], 0  # refused in a row: after max_tries a window is kept anyway, so sampling always ends
-    with tqdm(total=nsamples, desc="selfgen text", unit="window") as bar:
+    # counted in tokens, not windows: a batch's windows all end together, so a window count jumps once a batch
+    # and its ETA is wrong by the batch size (Qwen 0.5B: "47 min" for ~8)
+    with tqdm(total=nsamples * seqlen, desc="selfgen text", unit="tok", unit_scale=True) as bar:
         while len(out) < nsamples:
             b = min(batch_size, nsamples - len(out))
             prompt = openers[int(torch.randint(len(openers), (1,), generator=gen))]
-            for window in _sample(model, prompt, b, seqlen, gen):
+            for window in _sample(model, prompt, b, seqlen, gen, bar.update):
                 if len(out) == nsamples:
                     break
                 if _fluent(window) or refused >= SETTINGS["max_tries"]:
                     out.append(window)
                     refused = 0
-                    bar.update()
                 else:
                     refused += 1
+                    bar.total += seqlen  # drawn again
+                    bar.refresh()
     windows = torch.stack(out)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +87,13 @@ def _openers(tokenizer) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def _sample(model, prompt: torch.Tensor, batch: int, seqlen: int, gen: torch.Generator) -> list[torch.Tensor]:
+def _sample(model, prompt: torch.Tensor, batch: int, seqlen: int, gen: torch.Generator,
+            progress=lambda tokens: None) -> list[torch.Tensor]:
     """`batch` continuations of `prompt`, nucleus-sampled with a KV cache; each window is [seqlen] tokens."""
     device = next(model.parameters()).device
     ids = prompt[: seqlen - 1].repeat(batch, 1)
     past, step = None, ids
+    progress(ids.numel())
     while ids.shape[1] < seqlen:
         res = model(input_ids=step.to(device), use_cache=True, **cache_kwargs(past))
         past = returned_cache(res)
@@ -98,6 +103,7 @@ def _sample(model, prompt: torch.Tensor, batch: int, seqlen: int, gen: torch.Gen
         top = torch.where(keep, top, torch.zeros_like(top))
         step = idx.gather(1, torch.multinomial(top, 1, generator=gen))
         ids = torch.cat([ids, step], 1)
+        progress(batch)
     return list(ids)
 
 

@@ -5,15 +5,18 @@ calls, cache concatenation, logits processors). Here the prompt is prefilled eag
 StaticCache sized once per Decoder, and each new token is one call of `step(token, position)`,
 compiled by torch.compile with fixed shapes: every packed linear is the extension's C++ op
 (llmbin_cpu::lut_matmul) or the triton custom op, so the whole step is one graph and its
-elementwise work fuses. Guards are checked on the first compiled call only (the step's inputs never
-change shape or identity afterwards). Greedy tokens equal the eager step's (tests); when the step
+elementwise work fuses. The compiled step has no guards (the step's inputs never change shape or
+identity afterwards): each Decoder compiles a function of its own, so no other Decoder's step can be found
+in its cache. Greedy tokens equal the eager step's (tests); when the step
 cannot compile, one line says why and decoding continues eagerly. Greedy decoding with a float32
 head on CPU picks the token with greedy_head.ScreenedHead (exact argmax, a quarter of the bytes).
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
+import types
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -40,6 +43,27 @@ def compile_options() -> dict:
     from .fused_products import FuseSharedInputProducts
 
     return {**COMPILE_OPTIONS, "post_grad_custom_pre_pass": FuseSharedInputProducts()}
+
+
+def _no_guards(entries) -> list[bool]:
+    """Dynamo's guards on the step: none. Checking them cost 0.5 ms of a SmolLM2 GPTQ-4 token's 5.5 on a Zen 4,
+    even with set_stance(skip_guard_eval_unsafe=True) (benchmarks/results/zen4-guards/)."""
+    return [False] * len(entries)
+
+
+_STEP_FUNCTIONS = itertools.count()
+
+
+def _own_function(method):
+    """`method` with a code object of its own. Dynamo keeps compiled frames on the code object: a step compiled
+    without guards must never be found by another Decoder (another model, other shapes)."""
+    f = method.__func__
+    name = f"{f.__name__}_{next(_STEP_FUNCTIONS)}"
+    code = f.__code__.replace(co_name=name, co_qualname=f"{f.__qualname__.rpartition('.')[0]}.{name}")
+    return types.MethodType(types.FunctionType(code, f.__globals__, name, f.__defaults__, f.__closure__),
+                            method.__self__)
+
+
 CACHE_ROUND = 128  # cache lengths are rounded up to this: one compiled graph serves many prompt lengths
 
 
@@ -154,7 +178,7 @@ class Decoder:
         self.head = screened_greedy_head(model) if screened_head else None
         self.compile = compile  # becomes False when compiling fails
         self.compiled = {}  # step kind ("hidden" or "logits") -> its compiled function
-        self.warm = set()  # kinds whose compiled step ran once: their guards held, later calls skip them
+        self.warm = set()  # kinds whose compiled step ran once (compiled: later calls are timed as decode)
 
     @property
     def mode(self) -> str:
@@ -176,13 +200,13 @@ class Decoder:
         if self.mode == "eager":
             return eager(token, position)
         if kind in self.warm:
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self.compiled[kind](token, position)
+            return self.compiled[kind](token, position)
         if kind not in self.compiled:
             self.log("llmbin: compiling the decode step (about a minute the first time for a model shape, seconds once "
                      "cached; --no-compile skips it)")
         try:
-            fn = self.compiled.setdefault(kind, torch.compile(eager, dynamic=False, fullgraph=True, options=compile_options()))
+            fn = self.compiled.setdefault(kind, torch.compile(_own_function(eager), dynamic=False, fullgraph=True,
+                                                              options={**compile_options(), "guard_filter_fn": _no_guards}))
             out = fn(token, position)
         except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
             first = (str(exc).strip().splitlines() or [""])[0][:160]

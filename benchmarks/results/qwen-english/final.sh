@@ -1,0 +1,8 @@
+#!/bin/bash
+# the valid_xsum choice (argument: the variant), scored once on eval_xsum's first 8 x 512 windows and the code text
+cd /work/main && source .venv/bin/activate; export OMP_NUM_THREADS=2
+V=$1
+echo "== test scoring of $V $(date -u +%T)"
+llmbin eval /tmp/s45/q05-d$V --ppl data/networkx-3.3-eval.txt,../shared/data/eval_xsum.txt --seqlen 512 --max-windows 8 --json /tmp/s45/test-$V.json > /tmp/s45/test-$V.log 2>&1
+grep -o "[a-z_./0-9-]*txt: ppl [0-9.]*" /tmp/s45/test-$V.log
+echo "== done $(date -u +%T)"
