@@ -88,10 +88,11 @@ def test_each_decoder_compiles_a_guard_free_step_of_its_own(tokenizer):
     narrow = packed_tiny_llama(seed=2)
     wide = packed_tiny_llama(seed=3, hidden_size=128, intermediate_size=160)
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    models = {"narrow": narrow, "wide": wide}
     eager = {name: list(Decoder(model, ids.shape[1] + 6, compile=False).stream(ids, 6, Sampler()))
-             for name, model in (("narrow", narrow), ("wide", wide))}
+             for name, model in models.items()}
     assert eager["narrow"] != eager["wide"]  # else a swapped graph would go unseen
-    decoders = {name: Decoder(model, ids.shape[1] + 6, compile=True) for name, model in (("narrow", narrow), ("wide", wide))}
+    decoders = {name: Decoder(model, ids.shape[1] + 6, compile=True) for name, model in models.items()}
     for name in ("narrow", "wide", "narrow"):
         tokens = list(decoders[name].stream(ids, 6, Sampler()))
         assert decoders[name].mode == "compiled" and tokens == eager[name], name

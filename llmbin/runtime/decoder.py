@@ -56,7 +56,9 @@ _STEP_FUNCTIONS = itertools.count()
 
 def _own_function(method):
     """`method` with a code object of its own. Dynamo keeps compiled frames on the code object: a step compiled
-    without guards must never be found by another Decoder (another model, other shapes)."""
+    without guards must never be found by another Decoder (another model, other shapes). Today's Dynamo also keys
+    an entry on the torch.compile call that made it, which would keep Decoders apart too, but that is not a
+    documented promise; an own code object is."""
     f = method.__func__
     name = f"{f.__name__}_{next(_STEP_FUNCTIONS)}"
     code = f.__code__.replace(co_name=name, co_qualname=f"{f.__qualname__.rpartition('.')[0]}.{name}")
@@ -177,8 +179,7 @@ class Decoder:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.head = screened_greedy_head(model) if screened_head else None
         self.compile = compile  # becomes False when compiling fails
-        self.compiled = {}  # step kind ("hidden" or "logits") -> its compiled function
-        self.warm = set()  # kinds whose compiled step ran once (compiled: later calls are timed as decode)
+        self.compiled = {}  # step kind ("hidden" or "logits") -> its compiled function, once its first call ran
 
     @property
     def mode(self) -> str:
@@ -199,21 +200,20 @@ class Decoder:
         eager = self._hidden_step if kind == "hidden" else self._logits_step
         if self.mode == "eager":
             return eager(token, position)
-        if kind in self.warm:
+        if kind in self.compiled:
             return self.compiled[kind](token, position)
-        if kind not in self.compiled:
-            self.log("llmbin: compiling the decode step (about a minute the first time for a model shape, seconds once "
-                     "cached; --no-compile skips it)")
+        self.log("llmbin: compiling the decode step (about a minute the first time for a model shape, seconds once "
+                 "cached; --no-compile skips it)")
         try:
-            fn = self.compiled.setdefault(kind, torch.compile(_own_function(eager), dynamic=False, fullgraph=True,
-                                                              options={**compile_options(), "guard_filter_fn": _no_guards}))
+            fn = torch.compile(_own_function(eager), dynamic=False, fullgraph=True,
+                               options={**compile_options(), "guard_filter_fn": _no_guards})
             out = fn(token, position)
         except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly, say so once
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             self.log(f"llmbin: the decode step could not be compiled ({type(exc).__name__}: {first}); decoding eagerly")
             self.compile = False
             return eager(token, position)
-        self.warm.add(kind)
+        self.compiled[kind] = fn
         return out
 
     @torch.inference_mode()
@@ -249,7 +249,7 @@ class Decoder:
                 return
             tok = torch.tensor([[token]], device=self.device)
             pos = torch.tensor([[length + i]], device=self.device)
-            cold = self.mode == "compiled" and kind not in self.warm
+            cold = self.mode == "compiled" and kind not in self.compiled
             t = time.perf_counter()
             out = self._step(kind, tok, pos)
             token = head.argmax(out) if head is not None else sampler(out)
