@@ -143,6 +143,25 @@ def test_integer_code_kernel_within_the_stated_bound(bits, group, n, k, ext):
         assert rel_err(y, x @ w.T, w, x) <= 1e-5, m
 
 
+@pytest.mark.parametrize("bits,n", [(4, 1040), (5, 592), (8, 272)])
+def test_integer_code_kernel_split_over_the_pool_gives_the_same_bits(bits, n, ext):
+    """One token's rows split over the spinning pool (65, 37, 17 row blocks: uneven shares, a last pass of 1) = one
+    thread, bit for bit, within the stated bound of float64 math."""
+    if ext.uniform_isa() not in ("avx512-vnni", "avx2"):
+        pytest.skip("no AVX2 or AVX512-VNNI: uniform layers run on the lookup tables over bit planes")
+    fmt = random_uniform(n, 512, bits, 128, seed=n)
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    x = torch.randn(1, 512) * torch.rand(1, 512) * 4
+    one = cpu.lut_matmul(state, x, poison=True)
+    assert ((one.double() - x.double() @ w.double().T).abs() <= int16_bound(x, w)).all()
+    for threads in (2, 3):
+        runs = ext.gemv_pool_runs()
+        with cpu.gemv_threads(threads):
+            split = cpu.lut_matmul(state, x, poison=True)
+        assert ext.gemv_pool_runs() == runs + 1, "the pool did not run"
+        assert torch.equal(split, one), threads
+
+
 def test_integer_code_kernel_takes_many_tokens_to_a_gemm_without_bf16(ext):
     """Without a bf16 brgemm, from the token threshold on a uniform layer runs as the integer GEMM (AVX512-VNNI) or
     dequantize + sgemm (AVX2), bit for bit the forced path; below it, the integer kernel."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import torch
 
+from ..host.environment import cpu_name, machine_line
 from ..host.files import atomic_write_text
 from ..runtime.decode_bench import run_decode_bench
 from ..runtime.kernel_bench import format_table, run_kernel_bench
@@ -45,6 +46,8 @@ def bench_command(path, shapes, batches, planes, json_path, new_tokens, device, 
     bf16 source (the kernel table then runs only with --shape)."""
     if threads:
         torch.set_num_threads(threads)
+    if device in (None, "cpu"):  # the same brand covers CPUs of very different speed: say which one measured
+        click.echo(f"CPU: {cpu_name()}; {machine_line()}")
     rows = []
     if path is None or shapes:
         rows = run_kernel_bench(shapes, batches, planes, None, device=device, budget_s=budget, log=click.echo)
