@@ -1,6 +1,7 @@
 """What changes float results besides the code, recorded beside every checkpoint and score."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -47,6 +48,7 @@ def vector_features(flags: set[str]) -> str:
     return " + ".join(["AVX-512", *extra]) + (", AMX" if "amx_tile" in flags else ", no AMX")
 
 
+@functools.cache  # the CPU does not change within a process; versions() asks for it on every record
 def cpu_name() -> str:
     """'AMD EPYC (family 25 model 17; AVX-512 + VNNI + BF16, no AMX)'. Virtual machines often show only the brand,
     and the same brand covers CPUs of very different speed (Zen 3, 4 and 5 are all 'AMD EPYC'): the family and model
