@@ -182,8 +182,9 @@ def test_many_token_products_take_the_dequantize_gemm_path_by_themselves(kind, p
         pytest.skip("this CPU runs many-token products as bf16 brgemm (test_kernels_cpu_gemm.py)")
     fmt = make_format(200, 352, 64, p, kind)  # 200 rows: a partial last row block
     state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
-    before = ext.gemm_min_tokens()
+    before, binarized = ext.gemm_min_tokens(), ext.int_gemm_int8_binarized()
     ext.set_gemm_min_tokens(16)
+    ext.set_int_gemm_int8_binarized(False)  # int16 throughout (the default's int8 channels: test_kernels_cpu_gemm.py)
     try:
         x = torch.randn(3, 20, 352)
         y = cpu.lut_matmul(state, x, poison=True)
@@ -197,6 +198,7 @@ def test_many_token_products_take_the_dequantize_gemm_path_by_themselves(kind, p
         assert torch.equal(cpu.lut_matmul(state, few), cpu.lut_matmul(state, few, isas[-1]))
     finally:
         ext.set_gemm_min_tokens(before)
+        ext.set_int_gemm_int8_binarized(binarized)
 
 
 def test_compiled_op_finds_the_plan_by_key_and_refuses_freed_ones(isas):

@@ -204,10 +204,12 @@ def test_bf16_tile_fill_holds_the_format_weights(bits, group, n, k, ext):
 def igemm(ext):
     if ext.uniform_isa() != "avx512-vnni":
         pytest.skip("the integer GEMM needs AVX512-VNNI")
-    before = ext.gemm_min_tokens()
+    before, binarized = ext.gemm_min_tokens(), ext.int_gemm_int8_binarized()
     ext.set_gemm_min_tokens(16)
+    ext.set_int_gemm_int8_binarized(False)  # the auto path as int16 throughout; tests of the default opt back in
     yield ext
     ext.set_gemm_min_tokens(before)
+    ext.set_int_gemm_int8_binarized(binarized)
 
 
 @pytest.mark.parametrize("kind,args", FORMATS, ids=[f"{k}-{'-'.join(map(str, a))}" for k, a in FORMATS])
@@ -252,3 +254,79 @@ def test_integer_gemm_does_not_depend_on_the_thread_count(igemm):
         assert torch.equal(one, cpu.lut_matmul(state, x, "igemm"))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_int8_on_binarized_channels_only(igemm):
+    """LLMBIN_CPU_GEMM_INT8=binarized (the default): int8 activations on a layer's binarized channels, int16 on its
+    salient block.
+    Told apart by activations on one side only: on the salient channels alone the result is the int16 GEMM's bit
+    for bit (and not the int8 GEMM's), on the binarized channels alone the int8 GEMM's bit for bit; with outliers on
+    the salient channels it is within igemm8's bound and closer to float64 than int8 everywhere. Layers without a
+    salient block, and the forced igemm path, keep int16."""
+    if igemm.gemm_supported():
+        pytest.skip("this CPU's auto path is the bf16 brgemm")
+    from llmbin.kernels.cpu.layout import layer_layout
+
+    fmt = make_format(257, 544, 128, 1, "ptq161")
+    mod = QuantLinear.from_format(fmt)
+    state, w = cpu.prepare_state(mod), fmt.dequantize()
+    lay = layer_layout(mod.meta, dict(mod.named_buffers()))
+    first = lay.segments[0].ng * lay.segments[0].wpg * 32
+    salient = torch.zeros(fmt.in_features, dtype=torch.bool)
+    salient[lay.src[first:][lay.src[first:] >= 0]] = True
+    assert 0 < salient.sum() < fmt.in_features
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, fmt.in_features, generator=g) * (1 + 40 * salient * torch.rand(fmt.in_features, generator=g))
+    plain = make_format(64, 128, 32, 1, "plain")
+    plain_state, xp = cpu.prepare_state(QuantLinear.from_format(plain)), torch.randn(20, 128, generator=g)
+    uniform = cpu.prepare_state(QuantLinear.from_format(random_uniform(48, 320, 4, 64, seed=3)))
+    xu = torch.randn(20, 320, generator=g)
+    int16_before = cpu.lut_matmul(state, x)
+    igemm.set_int_gemm_int8_binarized(True)
+    try:
+        on_salient, on_binarized = x * salient, x * ~salient
+        y = cpu.lut_matmul(state, on_salient)
+        assert torch.equal(y, cpu.lut_matmul(state, on_salient, "igemm"))
+        assert not torch.equal(y, cpu.lut_matmul(state, on_salient, "igemm8"))
+        assert torch.equal(cpu.lut_matmul(state, on_binarized), cpu.lut_matmul(state, on_binarized, "igemm8"))
+        exact = (x.double() @ w.double().T).float()
+        mixed = cpu.lut_matmul(state, x, poison=True)
+        assert not torch.equal(mixed, int16_before)
+        assert rel_err(mixed, exact, w, x) <= 2e-2
+        assert rel_err(mixed, exact, w, x) < rel_err(cpu.lut_matmul(state, x, "igemm8"), exact, w, x)
+        assert torch.equal(cpu.lut_matmul(state, x, "igemm"), int16_before)
+        assert torch.equal(cpu.lut_matmul(plain_state, xp), cpu.lut_matmul(plain_state, xp, "igemm"))
+        assert torch.equal(cpu.lut_matmul(uniform, xu), cpu.lut_matmul(uniform, xu, "igemm"))
+    finally:
+        igemm.set_int_gemm_int8_binarized(False)
+
+
+def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys):
+    """A fresh process rounds binarized channels to int8 by default; LLMBIN_CPU_GEMM_INT8 picks 0 / 1 / binarized,
+    anything else is refused naming the choices; the path line printed says which rounding runs."""
+    import subprocess
+    import sys
+
+    from llmbin.kernels.cpu import backend
+
+    fresh = subprocess.run([sys.executable, "-c", "from llmbin.kernels.cpu.build import load_extension as l; e = l(); "
+                            "print(e.int_gemm_int8(), e.int_gemm_int8_binarized())"], capture_output=True, text=True,
+                           env={k: v for k, v in __import__("os").environ.items() if k != "LLMBIN_CPU_GEMM_INT8"})
+    assert fresh.stdout.split() == ["False", "True"], fresh.stderr[-500:]
+    saved = ext.int_gemm_int8(), ext.int_gemm_int8_binarized()
+    try:
+        for value, want, said in (("0", (False, False), "int16 activations"), ("1", (True, False), "int8 activations"),
+                                  ("binarized", (False, True), "binarized channels")):
+            monkeypatch.setenv("LLMBIN_CPU_GEMM_INT8", value)
+            monkeypatch.setattr(backend, "_paths_said", False)
+            backend._configure(ext)
+            assert (ext.int_gemm_int8(), ext.int_gemm_int8_binarized()) == want, value
+            if ext.uniform_isa() == "avx512-vnni" and not ext.gemm_supported():
+                assert said in capsys.readouterr().err, value
+        monkeypatch.setenv("LLMBIN_CPU_GEMM_INT8", "2")
+        monkeypatch.setattr(backend, "_paths_said", False)
+        with pytest.raises(ValueError, match="binarized"):
+            backend._configure(ext)
+    finally:
+        ext.set_int_gemm_int8(saved[0])
+        ext.set_int_gemm_int8_binarized(saved[1])

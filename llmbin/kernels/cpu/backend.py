@@ -87,9 +87,7 @@ def many_token_paths(ext) -> str:
     if not ext.gemm_supported() and ext.uniform_isa() == "avx512-vnni":
         return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of "
                 f"{ext.gemm_min_tokens()}+ tokens as the AVX512-VNNI integer GEMM (torch offers no bf16 brgemm on "
-                "this CPU, seen only with AMX; " + ("int8 activations per block of 32, |error| <= max|x| / 254 each "
-                "(LLMBIN_CPU_GEMM_INT8=1)" if ext.int_gemm_int8() else "int16 activations per block of 32, |error| "
-                "<= max|x| / 65534 each; LLMBIN_CPU_GEMM_INT8=1: int8, faster, coarser") +
+                "this CPU, seen only with AMX; " + _activation_rounding(ext) +
                 "; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
     if not ext.gemm_supported():
         return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of "
@@ -99,6 +97,16 @@ def many_token_paths(ext) -> str:
     return (f"packed CPU products of 1-{ext.gemm_min_tokens() - 1} tokens run on {table}, of {ext.gemm_min_tokens()}+ "
             "tokens as a per-call bf16 dequantization + oneDNN brgemm (bf16 weights and activations, float32 sums: "
             "|error| <= 2^-8 sum|x||w|; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
+
+
+def _activation_rounding(ext) -> str:
+    if ext.int_gemm_int8():
+        return "int8 activations per block of 32, |error| <= max|x| / 254 each (LLMBIN_CPU_GEMM_INT8=1)"
+    int16 = "int16 activations per block of 32, |error| <= max|x| / 65534 each"
+    if ext.int_gemm_int8_binarized():
+        return (f"{int16}, int8 (max|x| / 254) on a PTQ1.61 layer's binarized channels, whose outliers its salient "
+                "block holds; LLMBIN_CPU_GEMM_INT8=0: int16 throughout, 1: int8 throughout")
+    return f"{int16}; LLMBIN_CPU_GEMM_INT8=binarized: int8 on PTQ1.61's binarized channels, 1: int8 throughout"
 
 
 def _configure(ext) -> None:
@@ -113,10 +121,12 @@ def _configure(ext) -> None:
     elif exact_only():
         ext.set_gemm_min_tokens(1 << 62)
     int8 = os.environ.get("LLMBIN_CPU_GEMM_INT8", "").strip()
-    if int8 not in ("", "0", "1"):
-        raise ValueError(f"LLMBIN_CPU_GEMM_INT8={int8}: 1 (int8 activations in the integer GEMM) or 0 (int16)")
+    if int8 not in ("", "0", "1", "binarized"):
+        raise ValueError(f"LLMBIN_CPU_GEMM_INT8={int8}: binarized (the default: int8 activations in the integer GEMM "
+                         "on PTQ1.61's binarized channels, int16 on its salient ones), 1 (int8 throughout) or 0 (int16)")
     if int8:
         ext.set_int_gemm_int8(int8 == "1")
+        ext.set_int_gemm_int8_binarized(int8 == "binarized")
     _paths_said = True
     print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)
 

@@ -74,6 +74,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_int_gemm_int8", [](bool on) { int_gemm_int8() = on; },
         "whether the integer GEMM (auto path) rounds activations to int8 (vpdpbusd) instead of int16 (vpdpwssd)");
   m.def("int_gemm_int8", [] { return int_gemm_int8(); });
+  m.def("set_int_gemm_int8_binarized", [](bool on) { int_gemm_int8_binarized() = on; },
+        "whether the integer GEMM (auto path) rounds a PTQ1.61 layer's binarized-channel activations to int8, its "
+        "salient (outlier) channels staying int16");
+  m.def("int_gemm_int8_binarized", [] { return int_gemm_int8_binarized(); });
   m.def("set_gemv_threads", [](int n) { requested_threads() = std::max(1, std::min(n, SpinPool::kMaxHelpers + 1)); },
         "threads for the calling thread's one-token matmuls (1: the caller only; more: its own spinning helpers)");
   m.def("gemv_threads", [] { return requested_threads(); }, "the calling thread's setting");

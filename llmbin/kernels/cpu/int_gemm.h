@@ -33,10 +33,20 @@ inline bool& int_gemm_int8() {
   return on;
 }
 
+// The default: int8 activations only where a layer keeps its outlier input channels apart (PTQ1.61's salient block,
+// chosen by max |x|). Its binarized channels' blocks hold no outliers, so int8 there costs little (SmolLM2's
+// ptq161 checkpoint, valid_xsum 32 x 512: 545.265 -> 545.327, where int8 everywhere gives 557.335) and the products
+// run ~1.15x faster on Zen 4; the salient block stays int16. Layers without one keep int16 throughout.
+inline bool& int_gemm_int8_binarized() {
+  static bool on = true;
+  return on;
+}
+
 struct IntTerm {
   int64_t block0, blocks, bpg;  // slot blocks [block0, block0 + blocks), groups of bpg blocks
   const float* scale;           // row block nb, group g: scale + (nb * sstride + g * sgroup) .. 16 floats
   int64_t sstride, sgroup;
+  bool q8 = false;              // its blocks' activations are int8 (the tokens prepared so)
 };
 
 struct IntOffsets {
@@ -45,13 +55,13 @@ struct IntOffsets {
   int64_t ng;
 };
 
-// Tokens prepared for the integer products: gathered activations [M][slots] as int16 (or int8: Q8), per block a
-// scale and a float sum.
+// Tokens prepared for the integer products: gathered activations [M][slots] as int16, or int8 (Q8) in the first
+// q8_blocks blocks, per block a scale and a float sum.
 struct IntTokens {
   std::vector<int16_t> xq;
   std::vector<int8_t> xq8;
   std::vector<float> xs, bsum;
-  int64_t slots = 0, KB = 0;
+  int64_t slots = 0, KB = 0, q8_blocks = 0;
 };
 
 #ifdef LLMBIN_X86
@@ -80,21 +90,25 @@ __attribute__((target("avx512f,avx512bw"))) inline void quantize_block_avx512(co
 }
 
 // Vectorized because at 64 tokens a scalar loop here cost as much as the products of a 576 x 576 layer.
+// q8_blocks: the leading blocks rounded to int8 (0: none, slots / 32: all).
 inline void prepare_int_tokens(const float* x, int64_t K, int64_t M, const int32_t* gidx, const float* gscale,
-                               int64_t slots, IntTokens& tok, bool q8 = false) {
+                               int64_t slots, IntTokens& tok, int64_t q8_blocks = 0) {
   tok.slots = slots;
   tok.KB = slots / 32;
-  const float top = q8 ? 127.f : 32767.f;
-  (q8 ? tok.xq8.resize(static_cast<size_t>(M * slots)) : tok.xq.resize(static_cast<size_t>(M * slots)));
+  tok.q8_blocks = q8_blocks;
+  if (q8_blocks > 0) tok.xq8.resize(static_cast<size_t>(M * slots));
+  if (q8_blocks < tok.KB) tok.xq.resize(static_cast<size_t>(M * slots));
   tok.xs.resize(static_cast<size_t>(M * tok.KB));
   tok.bsum.resize(static_cast<size_t>(M * tok.KB));
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      for (int64_t b = 0; b < tok.KB; ++b)
-        quantize_block_avx512(x + m * K, gidx + b * 32, gscale + b * 32, top,
+      for (int64_t b = 0; b < tok.KB; ++b) {
+        const bool q8 = b < q8_blocks;
+        quantize_block_avx512(x + m * K, gidx + b * 32, gscale + b * 32, q8 ? 127.f : 32767.f,
                               q8 ? nullptr : tok.xq.data() + m * slots + b * 32,
                               q8 ? tok.xq8.data() + m * slots + b * 32 : nullptr, &tok.xs[m * tok.KB + b],
                               &tok.bsum[m * tok.KB + b]);
+      }
   });
 }
 
@@ -136,7 +150,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline void int_term_tile
   }
 }
 
-template <int RB, int T, bool Q8>
+template <int RB, int T>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int_rowblock_tile(
     const std::vector<const uint8_t*>& staged, int64_t per_nb, const std::vector<IntTerm>& terms,
     const std::vector<IntOffsets>& offs, int64_t nb, const IntTokens& tok, int64_t t0, float* y, int64_t ldy) {
@@ -146,7 +160,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int_rowblock_tile(
   for (size_t i = 0; i < terms.size(); ++i) {
     const uint8_t* rows[RB];
     for (int r = 0; r < RB; ++r) rows[r] = staged[i] + r * per_nb;
-    int_term_tile<RB, T, Q8>(rows, terms[i], nb, tok, t0, yacc);
+    if (terms[i].q8) int_term_tile<RB, T, true>(rows, terms[i], nb, tok, t0, yacc);
+    else int_term_tile<RB, T, false>(rows, terms[i], nb, tok, t0, yacc);
   }
   for (const IntOffsets& o : offs)
     for (int64_t g = 0; g < o.ng; ++g) {
@@ -163,15 +178,15 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int_rowblock_tile(
     for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + (t0 + t) * ldy + (nb + r) * kRows, yacc[r][t]);
 }
 
-template <int RB, bool Q8>
+template <int RB>
 void int_rowblocks(const std::vector<const uint8_t*>& staged, int64_t per_nb, const std::vector<IntTerm>& terms,
                    const std::vector<IntOffsets>& offs, int64_t nb, const IntTokens& tok, int64_t M, float* y,
                    int64_t ldy) {
   constexpr int T = RB == 4 ? 3 : RB == 3 ? 4 : 6;  // RB x T int32 and float accumulators within the 32 registers
   int64_t t = 0;
-  for (; t + T <= M; t += T) int_rowblock_tile<RB, T, Q8>(staged, per_nb, terms, offs, nb, tok, t, y, ldy);
-  for (; t + 2 <= M; t += 2) int_rowblock_tile<RB, 2, Q8>(staged, per_nb, terms, offs, nb, tok, t, y, ldy);
-  if (t < M) int_rowblock_tile<RB, 1, Q8>(staged, per_nb, terms, offs, nb, tok, t, y, ldy);
+  for (; t + T <= M; t += T) int_rowblock_tile<RB, T>(staged, per_nb, terms, offs, nb, tok, t, y, ldy);
+  for (; t + 2 <= M; t += 2) int_rowblock_tile<RB, 2>(staged, per_nb, terms, offs, nb, tok, t, y, ldy);
+  if (t < M) int_rowblock_tile<RB, 1>(staged, per_nb, terms, offs, nb, tok, t, y, ldy);
 }
 
 // k pairs (16 int16 pairs per register, values <= 255) to k quads of bytes: lane r of quad j = pairs 2j and 2j + 1.
@@ -189,23 +204,24 @@ __attribute__((target("avx512f,avx512bw"))) inline void quads_from_pairs(const i
 constexpr int64_t kIntRB = 4;
 
 // stage(nb, i, out): term i of row block nb as int16 k-pair lanes, terms[i].blocks * 16 registers of 32 int16.
-// Q8 (tok prepared with q8): staged so, then as byte quads. Each row block's sums are the same whichever thread and
-// whichever company of row blocks it runs in: results do not depend on the thread count.
+// A q8 term (its blocks' tokens prepared as int8) is staged so, then as byte quads. Each row block's sums are the
+// same whichever thread and whichever company of row blocks it runs in: results do not depend on the thread count.
 template <typename Stage>
 void int_gemm(const Stage& stage, int64_t NB, const std::vector<IntTerm>& terms, const std::vector<IntOffsets>& offs,
-              const IntTokens& tok, int64_t M, float* y, int64_t ldy, bool q8 = false) {
-  const int64_t per_block = q8 ? 512 : 1024;  // staged bytes per block of 32 slots x 16 rows
+              const IntTokens& tok, int64_t M, float* y, int64_t ldy) {
   int64_t per_nb = 0, most = 0;
   std::vector<int64_t> at_term;
   for (const IntTerm& t : terms) {
+    TORCH_CHECK(t.q8 == (t.block0 + t.blocks <= tok.q8_blocks) && (t.q8 || t.block0 >= tok.q8_blocks),
+                "integer GEMM: a term's blocks straddle the int8 / int16 activations");
     at_term.push_back(per_nb);
-    per_nb += t.blocks * per_block;
-    most = std::max(most, t.blocks);
+    per_nb += t.blocks * (t.q8 ? 512 : 1024);  // staged bytes per block of 32 slots x 16 rows
+    if (t.q8) most = std::max(most, t.blocks);
   }
   // each thread an even share of row blocks, run kIntRB at a time (a row block's sums do not depend on its company)
   at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
     std::vector<int64_t> buf64(static_cast<size_t>(kIntRB * per_nb / 8 + 8));  // 64-byte registers, 8-byte aligned
-    std::vector<int16_t> pairs(static_cast<size_t>(q8 ? most * 16 * 32 : 0));
+    std::vector<int16_t> pairs(static_cast<size_t>(most * 16 * 32));
     uint8_t* buf = reinterpret_cast<uint8_t*>(buf64.data());
     std::vector<const uint8_t*> staged;
     for (int64_t a : at_term) staged.push_back(buf + a);
@@ -214,7 +230,7 @@ void int_gemm(const Stage& stage, int64_t NB, const std::vector<IntTerm>& terms,
       for (int r = 0; r < rb; ++r)
         for (size_t i = 0; i < terms.size(); ++i) {
           uint8_t* out = buf + r * per_nb + at_term[i];
-          if (!q8) {
+          if (!terms[i].q8) {
             stage(nb + r, i, reinterpret_cast<int16_t*>(out));
             continue;
           }
@@ -223,8 +239,7 @@ void int_gemm(const Stage& stage, int64_t NB, const std::vector<IntTerm>& terms,
         }
       const auto run = [&](auto rbc) {
         constexpr int R = decltype(rbc)::value;
-        q8 ? int_rowblocks<R, true>(staged, per_nb, terms, offs, nb, tok, M, y, ldy)
-           : int_rowblocks<R, false>(staged, per_nb, terms, offs, nb, tok, M, y, ldy);
+        int_rowblocks<R>(staged, per_nb, terms, offs, nb, tok, M, y, ldy);
       };
       if (rb == 4) run(std::integral_constant<int, 4>());
       else if (rb == 3) run(std::integral_constant<int, 3>());

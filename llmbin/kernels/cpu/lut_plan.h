@@ -145,16 +145,22 @@ struct Plan : PackedPlan {
     }
     if (isa == kIgemm || isa == kIgemm8 || (auto_isa && M >= gemm_min_tokens() && vnni_supported())) {
       const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_int8());
+      // layout.py's order: the binarized channels (segment 0), then a salient 4-bit block (PTQ1.61's max |x| channels)
+      const bool q8_binarized = !q8 && isa != kIgemm && int_gemm_int8_binarized() && segs.size() == 2 &&
+                                segs[1].P == 4 && segs[1].word0 == segs[0].ng * segs[0].wpg;
+      const int64_t q8_blocks = q8 ? words_per_token : q8_binarized ? segs[1].word0 : 0;
 #ifdef LLMBIN_X86
       IntTokens tok;
-      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32, tok, q8);
+      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32, tok,
+                         q8_blocks);
       std::vector<IntTerm> terms;
       std::vector<IntOffsets> offs;
       std::vector<std::pair<size_t, int64_t>> plane_of;  // term -> (segment, first plane); all planes if merged
       for (size_t i = 0; i < segs.size(); ++i) {
         const Segment& s = segs[i];
         for (int64_t p = 0; p < (pow2_planes[i] ? 1 : s.P); ++p) {
-          terms.push_back(IntTerm{s.word0, s.ng * s.wpg, s.wpg, s.scales + p * kRows, s.ng * s.P * kRows, s.P * kRows});
+          terms.push_back(IntTerm{s.word0, s.ng * s.wpg, s.wpg, s.scales + p * kRows, s.ng * s.P * kRows, s.P * kRows,
+                                  s.word0 + s.ng * s.wpg <= q8_blocks});
           plane_of.emplace_back(i, p);
         }
         if (s.offsets) offs.push_back(IntOffsets{s.word0, s.ng * s.wpg, s.wpg, s.offsets, s.ng});
@@ -164,7 +170,7 @@ struct Plan : PackedPlan {
         const int64_t p = plane_of[i].second, KW = s.ng * s.wpg, P = pow2_planes[plane_of[i].first] ? s.P : 1;
         for (int64_t w = 0; w < KW; ++w) stage_planes_word(s.words + ((nb * KW + w) * s.P + p) * kRows, P, out + w * 16 * 32);
       };
-      int_gemm(stage, NB, terms, offs, tok, M, y.data_ptr<float>(), NB * kRows, q8);
+      int_gemm(stage, NB, terms, offs, tok, M, y.data_ptr<float>(), NB * kRows);
       if (sparse) sparse_as_dense(x, y);
       return finish(y, x_in, sizes, M, in_place);
 #endif

@@ -146,16 +146,16 @@ struct UniformPlan : PackedPlan {
       const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_int8());
 #ifdef LLMBIN_X86
       IntTokens tok;
-      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok, q8);
+      prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok, q8 ? L.KB : 0);
       // the GEMM's float scales for this call (NB x ng x 16 of them: small beside the staged codes)
       std::vector<float> sc(NB * L.ng * kRows), zs(sc.size());
       at::parallel_for(0, NB, 64, [&](int64_t b0, int64_t b1) { float_scales512(L, b0, b1, sc.data(), zs.data()); });
-      const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, sc.data(), L.ng * kRows, kRows}};
+      const std::vector<IntTerm> terms{IntTerm{0, L.KB, L.bpg, sc.data(), L.ng * kRows, kRows, q8}};
       const std::vector<IntOffsets> offs{IntOffsets{0, L.KB, L.bpg, zs.data(), L.ng}};
       const auto stage = [&](int64_t nb, size_t, int16_t* out) {
         for (int64_t b = 0; b < L.KB; ++b) uniform_stage_block(L, nb, b, out + b * 16 * 32);
       };
-      int_gemm(stage, NB, terms, offs, tok, M, yp, ldy, q8);
+      int_gemm(stage, NB, terms, offs, tok, M, yp, ldy);
 #endif
     } else if (isa == kSgemm || (isa == kAuto && M >= gemm_min_tokens())) {
       const auto fill = [&](int64_t nb, int64_t col0, float* rows) { uniform_block_f32(L, nb, col0, rows, L.KB * 32); };
