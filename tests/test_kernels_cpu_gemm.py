@@ -313,7 +313,9 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
                             "print(e.int_gemm_int8(), e.int_gemm_int8_binarized())"], capture_output=True, text=True,
                            env={k: v for k, v in __import__("os").environ.items() if k != "LLMBIN_CPU_GEMM_INT8"})
     assert fresh.stdout.split() == ["False", "True"], fresh.stderr[-500:]
-    saved = ext.int_gemm_int8(), ext.int_gemm_int8_binarized()
+    saved = ext.int_gemm_int8(), ext.int_gemm_int8_binarized(), ext.gemm_min_tokens()
+    monkeypatch.delenv("LLMBIN_CPU_GEMM_MIN_TOKENS", raising=False)
+    ext.set_gemm_min_tokens(16)  # the path line names the GEMM's rounding only where many-token products reach it
     try:
         for value, want, said in (("0", (False, False), "int16 activations"), ("1", (True, False), "int8 activations"),
                                   ("binarized", (False, True), "binarized channels")):
@@ -330,3 +332,4 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
     finally:
         ext.set_int_gemm_int8(saved[0])
         ext.set_int_gemm_int8_binarized(saved[1])
+        ext.set_gemm_min_tokens(saved[2])
