@@ -182,9 +182,9 @@ def test_many_token_products_take_the_dequantize_gemm_path_by_themselves(kind, p
         pytest.skip("this CPU runs many-token products as bf16 brgemm (test_kernels_cpu_gemm.py)")
     fmt = make_format(200, 352, 64, p, kind)  # 200 rows: a partial last row block
     state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
-    before, binarized = ext.gemm_min_tokens(), ext.int_gemm_int8_binarized()
+    before, rounding = ext.gemm_min_tokens(), ext.int_gemm_rounding()
     ext.set_gemm_min_tokens(16)
-    ext.set_int_gemm_int8_binarized(False)  # int16 throughout (the default's int8 channels: test_kernels_cpu_gemm.py)
+    ext.set_int_gemm_rounding("int16")  # int16 throughout (the default's int8 channels: test_kernels_cpu_gemm.py)
     try:
         x = torch.randn(3, 20, 352)
         y = cpu.lut_matmul(state, x, poison=True)
@@ -198,7 +198,7 @@ def test_many_token_products_take_the_dequantize_gemm_path_by_themselves(kind, p
         assert torch.equal(cpu.lut_matmul(state, few), cpu.lut_matmul(state, few, isas[-1]))
     finally:
         ext.set_gemm_min_tokens(before)
-        ext.set_int_gemm_int8_binarized(binarized)
+        ext.set_int_gemm_rounding(rounding)
 
 
 def test_compiled_op_finds_the_plan_by_key_and_refuses_freed_ones(isas):
@@ -398,7 +398,7 @@ def test_the_native_plan_refuses_indices_out_of_range():
         offsets = [torch.empty(0) if s.offsets is None else _interleave(s.offsets[None], nb)[:, :, 0] for s in segs]
         return ext.Plan(src.int(), lay.gscale, [_interleave(s.words, nb) for s in segs],
                         [_interleave(s.scales, nb) for s in segs], offsets, [v for s in segs for v in (s.ng, s.wpg)],
-                        *sparse, lay.out_features, lay.in_features)
+                        *sparse, lay.out_features, lay.in_features, lay.salient_last)
 
     assert lay.sparse is not None
     plan(lay.src, lay.sparse)  # the valid one builds

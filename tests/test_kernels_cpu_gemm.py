@@ -204,12 +204,12 @@ def test_bf16_tile_fill_holds_the_format_weights(bits, group, n, k, ext):
 def igemm(ext):
     if ext.uniform_isa() != "avx512-vnni":
         pytest.skip("the integer GEMM needs AVX512-VNNI")
-    before, binarized = ext.gemm_min_tokens(), ext.int_gemm_int8_binarized()
+    before, rounding = ext.gemm_min_tokens(), ext.int_gemm_rounding()
     ext.set_gemm_min_tokens(16)
-    ext.set_int_gemm_int8_binarized(False)  # the auto path as int16 throughout; tests of the default opt back in
+    ext.set_int_gemm_rounding("int16")  # the auto path as int16 throughout; tests of the default opt back in
     yield ext
     ext.set_gemm_min_tokens(before)
-    ext.set_int_gemm_int8_binarized(binarized)
+    ext.set_int_gemm_rounding(rounding)
 
 
 @pytest.mark.parametrize("kind,args", FORMATS, ids=[f"{k}-{'-'.join(map(str, a))}" for k, a in FORMATS])
@@ -233,13 +233,13 @@ def test_integer_gemm_within_the_stated_bound(kind, args, igemm):
                 assert rel_err(y, exact.float(), w, x) <= tol, (isa, m)
             if isa == "igemm" and m >= 16 and not igemm.gemm_supported():
                 assert torch.equal(y, cpu.lut_matmul(state, x))
-    igemm.set_int_gemm_int8(True)
+    igemm.set_int_gemm_rounding("int8")
     try:
         x = torch.randn(20, k)
         assert torch.equal(cpu.lut_matmul(state, x, "igemm8"), cpu.lut_matmul(state, x, "auto" if not
                            igemm.gemm_supported() else "igemm8"))
     finally:
-        igemm.set_int_gemm_int8(False)
+        igemm.set_int_gemm_rounding("int16")
 
 
 def test_integer_gemm_does_not_depend_on_the_thread_count(igemm):
@@ -262,7 +262,8 @@ def test_int8_on_binarized_channels_only(igemm):
     Told apart by activations on one side only: on the salient channels alone the result is the int16 GEMM's bit
     for bit (and not the int8 GEMM's), on the binarized channels alone the int8 GEMM's bit for bit; with outliers on
     the salient channels it is within igemm8's bound and closer to float64 than int8 everywhere. Layers without a
-    salient block, and the forced igemm path, keep int16."""
+    salient block (an 8-bit layer as bit planes too: two 4-plane segments, shaped like one), and the forced igemm
+    path, keep int16."""
     if igemm.gemm_supported():
         pytest.skip("this CPU's auto path is the bf16 brgemm")
     from llmbin.kernels.cpu.layout import layer_layout
@@ -281,8 +282,10 @@ def test_int8_on_binarized_channels_only(igemm):
     plain_state, xp = cpu.prepare_state(QuantLinear.from_format(plain)), torch.randn(20, 128, generator=g)
     uniform = cpu.prepare_state(QuantLinear.from_format(random_uniform(48, 320, 4, 64, seed=3)))
     xu = torch.randn(20, 320, generator=g)
+    eight = cpu.prepare_state(QuantLinear.from_format(random_uniform(40, 544, 8, 128, seed=4)), bitplanes=True)
+    x8 = torch.randn(20, 544, generator=g)
     int16_before = cpu.lut_matmul(state, x)
-    igemm.set_int_gemm_int8_binarized(True)
+    igemm.set_int_gemm_rounding("binarized")
     try:
         on_salient, on_binarized = x * salient, x * ~salient
         y = cpu.lut_matmul(state, on_salient)
@@ -297,8 +300,9 @@ def test_int8_on_binarized_channels_only(igemm):
         assert torch.equal(cpu.lut_matmul(state, x, "igemm"), int16_before)
         assert torch.equal(cpu.lut_matmul(plain_state, xp), cpu.lut_matmul(plain_state, xp, "igemm"))
         assert torch.equal(cpu.lut_matmul(uniform, xu), cpu.lut_matmul(uniform, xu, "igemm"))
+        assert torch.equal(cpu.lut_matmul(eight, x8), cpu.lut_matmul(eight, x8, "igemm"))
     finally:
-        igemm.set_int_gemm_int8_binarized(False)
+        igemm.set_int_gemm_rounding("int16")
 
 
 def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys):
@@ -310,19 +314,19 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
     from llmbin.kernels.cpu import backend
 
     fresh = subprocess.run([sys.executable, "-c", "from llmbin.kernels.cpu.build import load_extension as l; e = l(); "
-                            "print(e.int_gemm_int8(), e.int_gemm_int8_binarized())"], capture_output=True, text=True,
+                            "print(e.int_gemm_rounding())"], capture_output=True, text=True,
                            env={k: v for k, v in __import__("os").environ.items() if k != "LLMBIN_CPU_GEMM_INT8"})
-    assert fresh.stdout.split() == ["False", "True"], fresh.stderr[-500:]
-    saved = ext.int_gemm_int8(), ext.int_gemm_int8_binarized(), ext.gemm_min_tokens()
+    assert fresh.stdout.split() == ["binarized"], fresh.stderr[-500:]
+    saved = ext.int_gemm_rounding(), ext.gemm_min_tokens()
     monkeypatch.delenv("LLMBIN_CPU_GEMM_MIN_TOKENS", raising=False)
     ext.set_gemm_min_tokens(16)  # the path line names the GEMM's rounding only where many-token products reach it
     try:
-        for value, want, said in (("0", (False, False), "int16 activations"), ("1", (True, False), "int8 activations"),
-                                  ("binarized", (False, True), "binarized channels")):
+        for value, want, said in (("0", "int16", "int16 activations"), ("1", "int8", "int8 activations"),
+                                  ("binarized", "binarized", "binarized channels")):
             monkeypatch.setenv("LLMBIN_CPU_GEMM_INT8", value)
             monkeypatch.setattr(backend, "_paths_said", False)
             backend._configure(ext)
-            assert (ext.int_gemm_int8(), ext.int_gemm_int8_binarized()) == want, value
+            assert ext.int_gemm_rounding() == want, value
             if ext.uniform_isa() == "avx512-vnni" and not ext.gemm_supported():
                 assert said in capsys.readouterr().err, value
         monkeypatch.setenv("LLMBIN_CPU_GEMM_INT8", "2")
@@ -330,6 +334,5 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
         with pytest.raises(ValueError, match="binarized"):
             backend._configure(ext)
     finally:
-        ext.set_int_gemm_int8(saved[0])
-        ext.set_int_gemm_int8_binarized(saved[1])
-        ext.set_gemm_min_tokens(saved[2])
+        ext.set_int_gemm_rounding(saved[0])
+        ext.set_gemm_min_tokens(saved[1])

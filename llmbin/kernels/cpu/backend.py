@@ -99,11 +99,14 @@ def many_token_paths(ext) -> str:
             "|error| <= 2^-8 sum|x||w|; LLMBIN_CPU_GEMM_MIN_TOKENS=0 keeps the table kernel)")
 
 
+ROUNDINGS = {"0": "int16", "1": "int8", "binarized": "binarized"}  # LLMBIN_CPU_GEMM_INT8 -> the GEMM's rounding
+
+
 def _activation_rounding(ext) -> str:
-    if ext.int_gemm_int8():
+    if ext.int_gemm_rounding() == "int8":
         return "int8 activations per block of 32, |error| <= max|x| / 254 each (LLMBIN_CPU_GEMM_INT8=1)"
     int16 = "int16 activations per block of 32, |error| <= max|x| / 65534 each"
-    if ext.int_gemm_int8_binarized():
+    if ext.int_gemm_rounding() == "binarized":
         return (f"{int16}, int8 (max|x| / 254) on a PTQ1.61 layer's binarized channels, whose outliers its salient "
                 "block holds; LLMBIN_CPU_GEMM_INT8=0: int16 throughout, 1: int8 throughout")
     return f"{int16}; LLMBIN_CPU_GEMM_INT8=binarized: int8 on PTQ1.61's binarized channels, 1: int8 throughout"
@@ -121,12 +124,11 @@ def _configure(ext) -> None:
     elif exact_only():
         ext.set_gemm_min_tokens(1 << 62)
     int8 = os.environ.get("LLMBIN_CPU_GEMM_INT8", "").strip()
-    if int8 not in ("", "0", "1", "binarized"):
+    if int8 and int8 not in ROUNDINGS:
         raise ValueError(f"LLMBIN_CPU_GEMM_INT8={int8}: binarized (the default: int8 activations in the integer GEMM "
                          "on PTQ1.61's binarized channels, int16 on its salient ones), 1 (int8 throughout) or 0 (int16)")
     if int8:
-        ext.set_int_gemm_int8(int8 == "1")
-        ext.set_int_gemm_int8_binarized(int8 == "binarized")
+        ext.set_int_gemm_rounding(ROUNDINGS[int8])
     _paths_said = True
     print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)
 
@@ -158,7 +160,7 @@ def prepare_state(module, isa: str | None = None, bitplanes: bool = False) -> Cp
                             torch.empty(0, dtype=torch.int32))
     plan = ext.Plan(lay.src.int(), lay.gscale, [_interleave(s.words, nb) for s in segs],
                     [_interleave(s.scales, nb) for s in segs], offsets, [v for s in segs for v in (s.ng, s.wpg)],
-                    *sparse, lay.out_features, lay.in_features)
+                    *sparse, lay.out_features, lay.in_features, lay.salient_last)
     return CpuState(plan, ISAS[isa], lay.out_features, plan.key)
 
 

@@ -50,7 +50,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Plan>(m, "Plan")
       .def(pybind11::init<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                           std::vector<at::Tensor>, std::vector<int64_t>, at::Tensor, at::Tensor, at::Tensor, int64_t,
-                          int64_t>())
+                          int64_t, bool>())
       .def_readonly("key", &Plan::key)
       .def("forward", &Plan::forward, pybind11::arg("x"), pybind11::arg("isa") = 0, pybind11::arg("poison") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
@@ -71,13 +71,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },
         "tokens from which a product runs as dequantize + brgemm instead of on the lookup tables");
   m.def("gemm_min_tokens", [] { return gemm_min_tokens(); });
-  m.def("set_int_gemm_int8", [](bool on) { int_gemm_int8() = on; },
-        "whether the integer GEMM (auto path) rounds activations to int8 (vpdpbusd) instead of int16 (vpdpwssd)");
-  m.def("int_gemm_int8", [] { return int_gemm_int8(); });
-  m.def("set_int_gemm_int8_binarized", [](bool on) { int_gemm_int8_binarized() = on; },
-        "whether the integer GEMM (auto path) rounds a PTQ1.61 layer's binarized-channel activations to int8, its "
-        "salient (outlier) channels staying int16");
-  m.def("int_gemm_int8_binarized", [] { return int_gemm_int8_binarized(); });
+  m.def("set_int_gemm_rounding", [](const std::string& r) {
+          TORCH_CHECK(r == "int16" || r == "binarized" || r == "int8", "rounding: int16, binarized or int8, not ", r);
+          int_gemm_rounding() = r == "int16" ? IntRounding::kInt16 : r == "int8" ? IntRounding::kInt8
+                                                                                 : IntRounding::kBinarizedInt8;
+        },
+        "how the integer GEMM (auto path) rounds activations: int16 (vpdpwssd), int8 (vpdpbusd), or binarized "
+        "(int8 on the channels a salient block keeps outliers from, int16 elsewhere)");
+  m.def("int_gemm_rounding", [] {
+    const IntRounding r = int_gemm_rounding();
+    return std::string(r == IntRounding::kInt16 ? "int16" : r == IntRounding::kInt8 ? "int8" : "binarized");
+  });
   m.def("set_gemv_threads", [](int n) { requested_threads() = std::max(1, std::min(n, SpinPool::kMaxHelpers + 1)); },
         "threads for the calling thread's one-token matmuls (1: the caller only; more: its own spinning helpers)");
   m.def("gemv_threads", [] { return requested_threads(); }, "the calling thread's setting");

@@ -26,20 +26,16 @@
 
 namespace {
 
-// The auto path's activations: int8 (twice the products per instruction, |error| <= max|x| / 254 per activation)
-// or int16 (the decode kernel's rounding, max|x| / 65534). Forced ISAs igemm / igemm8 pick one regardless.
-inline bool& int_gemm_int8() {
-  static bool on = false;
-  return on;
-}
-
-// The default: int8 activations only where a layer keeps its outlier input channels apart (PTQ1.61's salient block,
-// chosen by max |x|). Its binarized channels' blocks hold no outliers, so int8 there costs little (SmolLM2's
-// ptq161 checkpoint, valid_xsum 32 x 512: 545.265 -> 545.327, where int8 everywhere gives 557.335) and the products
-// run ~1.15x faster on Zen 4; the salient block stays int16. Layers without one keep int16 throughout.
-inline bool& int_gemm_int8_binarized() {
-  static bool on = true;
-  return on;
+// The auto path's activations: int16 (the decode kernel's rounding, |error| <= max|x| / 65534 per activation) or
+// int8 (twice the products per instruction, max|x| / 254). Forced ISAs igemm / igemm8 pick one regardless.
+// kBinarizedInt8, the default: int8 only on the binarized channels of a layer that keeps its outlier input channels
+// apart (PTQ1.61's salient block, chosen by max |x|), int16 on that block and on every other layer. Those blocks
+// hold no outliers, so int8 there costs little (SmolLM2's ptq161 checkpoint, valid_xsum 32 x 512: 545.265 ->
+// 545.327, where int8 throughout gives 557.335) and the products run ~1.15x faster on Zen 4.
+enum class IntRounding { kInt16, kBinarizedInt8, kInt8 };
+inline IntRounding& int_gemm_rounding() {
+  static IntRounding r = IntRounding::kBinarizedInt8;
+  return r;
 }
 
 struct IntTerm {

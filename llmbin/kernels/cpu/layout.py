@@ -41,6 +41,7 @@ class LayerLayout:
     sparse: tuple | None  # (values fp16, colidx int16/int32, rowptr int32), original channel order
     out_features: int
     in_features: int
+    salient_last: bool = False  # the last segment is PTQ1.61's salient block: the outlier channels, none before it
 
     @property
     def identity(self) -> bool:
@@ -98,7 +99,7 @@ def layer_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:
     if meta["sparse_nnz"] is not None:
         sparse = (buf["sparse_values"].half().contiguous(), buf["sparse_colidx"].contiguous(),
                   buf["sparse_rowptr"].int().contiguous())
-    return LayerLayout(segments, src, gscale.float(), sparse, n, k)
+    return LayerLayout(segments, src, gscale.float(), sparse, n, k, salient_last=bool(k_sal))
 
 
 def uniform_layout(meta: dict, buffers: dict[str, torch.Tensor]) -> LayerLayout:

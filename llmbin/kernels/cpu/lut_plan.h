@@ -32,15 +32,16 @@ struct Plan : PackedPlan {
   std::vector<Segment> segs;
   std::vector<bool> pow2_planes;  // per segment: plane p's scales are plane 0's times 2^p (integer codes, <= 8 bits)
   int64_t N, K, NB, words_per_token, NG, per_block = 0;
+  bool salient_last;  // the last segment is a salient block holding the outlier channels (layout.py), none before it
 
   ~Plan() override { unpublish(); }  // before the members go
   int64_t rows() const override { return N; }
 
   Plan(at::Tensor gidx_, at::Tensor gscale_, std::vector<at::Tensor> words_, std::vector<at::Tensor> scales_,
        std::vector<at::Tensor> offsets_, std::vector<int64_t> shape, at::Tensor spv, at::Tensor spc, at::Tensor spr,
-       int64_t n_rows, int64_t k)
+       int64_t n_rows, int64_t k, bool salient_last_)
       : gidx(gidx_.contiguous()), gscale(gscale_.contiguous()), sp_values(spv), sp_colidx(spc), sp_rowptr(spr),
-        words(words_), scales(scales_), offsets(offsets_), N(n_rows), K(k) {
+        words(words_), scales(scales_), offsets(offsets_), N(n_rows), K(k), salient_last(salient_last_) {
     TORCH_CHECK(gidx.scalar_type() == at::kInt && gscale.scalar_type() == at::kFloat && gidx.numel() == gscale.numel());
     TORCH_CHECK(gidx.numel() % 32 == 0 && words.size() == scales.size() && words.size() == offsets.size() &&
                 shape.size() == 2 * words.size() && !words.empty());
@@ -74,6 +75,7 @@ struct Plan : PackedPlan {
       per_block += ng * wpg * w.size(2);
     }
     TORCH_CHECK(word0 == words_per_token, "segments do not cover the gather index");
+    TORCH_CHECK(!salient_last || segs.size() >= 2, "a salient block needs a segment of binarized channels before it");
     // Defence in depth (loading validates these first): every index the kernels read through must be in range.
     const int32_t* g = gidx.data_ptr<int32_t>();
     for (int64_t i = 0; i < gidx.numel(); ++i)
@@ -144,11 +146,11 @@ struct Plan : PackedPlan {
       return finish(y, x_in, sizes, M, in_place);
     }
     if (isa == kIgemm || isa == kIgemm8 || (auto_isa && M >= gemm_min_tokens() && vnni_supported())) {
-      const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_int8());
-      // layout.py's order: the binarized channels (segment 0), then a salient 4-bit block (PTQ1.61's max |x| channels)
-      const bool q8_binarized = !q8 && isa != kIgemm && int_gemm_int8_binarized() && segs.size() == 2 &&
-                                segs[1].P == 4 && segs[1].word0 == segs[0].ng * segs[0].wpg;
-      const int64_t q8_blocks = q8 ? words_per_token : q8_binarized ? segs[1].word0 : 0;
+      const IntRounding rounding = isa == kIgemm8 ? IntRounding::kInt8 : isa == kIgemm ? IntRounding::kInt16
+                                                                                       : int_gemm_rounding();
+      const int64_t q8_blocks = rounding == IntRounding::kInt8 ? words_per_token
+                                : rounding == IntRounding::kBinarizedInt8 && salient_last ? segs.back().word0
+                                                                                          : 0;
 #ifdef LLMBIN_X86
       IntTokens tok;
       prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), words_per_token * 32, tok,

@@ -143,7 +143,7 @@ struct UniformPlan : PackedPlan {
       const auto fill = [&](int64_t nb, int64_t col0, uint16_t* tile) { uniform_block_vnni(L, nb, col0, tile, kGemmCols); };
       dequant_gemm(fill, NB, xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, yp);
     } else if (isa == kIgemm || isa == kIgemm8 || (isa == kAuto && M >= gemm_min_tokens() && vnni_supported())) {
-      const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_int8());
+      const bool q8 = isa == kIgemm8 || (isa != kIgemm && int_gemm_rounding() == IntRounding::kInt8);
 #ifdef LLMBIN_X86
       IntTokens tok;
       prepare_int_tokens(xp, K, M, gidx.data_ptr<int32_t>(), gscale.data_ptr<float>(), L.KB * 32, tok, q8 ? L.KB : 0);
