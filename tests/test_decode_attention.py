@@ -1,4 +1,4 @@
-"""One-token grouped-query attention (llmbin/runtime/grouped_attention.py and its CPU op) against float64 SDPA and HF eager."""
+"""One-token grouped-query attention (llmbin/nn/grouped_attention.py and its CPU op) against float64 SDPA and HF eager."""
 from __future__ import annotations
 
 import shutil
@@ -88,7 +88,7 @@ def test_decode_step_logits_match_hf_eager_attention():
     from transformers import StaticCache
 
     from llmbin.models.cache_api import cache_kwargs
-    from llmbin.runtime.grouped_attention import NAME, use_grouped_decode_attention
+    from llmbin.nn.grouped_attention import NAME, use_grouped_attention
 
     model = tiny_llama(seed=3).eval()  # 4 query heads on 2 KV heads
     ids = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(0))
@@ -98,11 +98,11 @@ def test_decode_step_logits_match_hf_eager_attention():
             model.set_attn_implementation("eager")
         else:
             model.set_attn_implementation("sdpa")
-            assert use_grouped_decode_attention(model) and model.config._attn_implementation == NAME
+            assert use_grouped_attention(model) and model.config._attn_implementation == NAME
         cache = StaticCache(config=model.config, max_cache_len=32)
         with torch.inference_mode():
             model(input_ids=ids[:, :-1], use_cache=True, **cache_kwargs(cache))
             out = model(input_ids=ids[:, -1:], position_ids=torch.tensor([[6]]), use_cache=True, **cache_kwargs(cache))
         logits[impl] = out.logits[0, -1]
     assert (logits["llmbin"] - logits["eager"]).abs().max() < 1e-4
-    assert use_grouped_decode_attention(model) is False  # already switched: nothing to do
+    assert use_grouped_attention(model) is False  # already switched: nothing to do

@@ -6,6 +6,7 @@ The CPU extension (kernels/cpu) defines
                                                       2-3 such products of one token side by side (key2 < 0: 2),
                                                       which runtime/fused_products.py puts in compiled decode steps
     llmbin_cpu::decode_attention(q, k, v, mask, scale) one query token over a static KV cache, grouped heads
+    llmbin_cpu::prefill_attention(q, k, v, scale)     many causal query tokens, grouped heads, [B, L, H, D] out
 with shape-only ("fake") implementations registered when it loads, so torch.compile traces both into a graph
 without breaking it. Call them through this module; None means the extension could not be built (build_error()).
 """
@@ -15,7 +16,10 @@ import torch
 
 from .cpu.build import build_error, load_extension
 
-__all__ = ["build_error", "decode_attention_op", "lut_matmul_op"]
+__all__ = ["build_error", "decode_attention_op", "lut_matmul_op", "prefill_attention_op"]
+
+PREFILL_HEAD_DIMS = (64, 128)  # what prefill_attention.cpp's tiles are written for
+PREFILL_MAX_TOKENS = 8192  # its per-thread score buffer holds a token block's rows x the sequence
 
 
 def decode_attention_op():
@@ -26,3 +30,12 @@ def decode_attention_op():
 def lut_matmul_op():
     """torch.ops.llmbin_cpu.lut_matmul(x [..., K], plan key, N, isa) -> [..., N], or None."""
     return torch.ops.llmbin_cpu.lut_matmul if load_extension() is not None else None
+
+
+def prefill_attention_op(head_dim: int, length: int):
+    """torch.ops.llmbin_cpu.prefill_attention(q [B,H,L,D], k, v [B,Hkv,L,D], scale) -> [B,L,H,D], causal; None
+    where it does not run (no extension, no AVX-512, another head dim, more than PREFILL_MAX_TOKENS tokens)."""
+    ext = load_extension()
+    if ext is None or ext.best_isa() != 3 or head_dim not in PREFILL_HEAD_DIMS or length > PREFILL_MAX_TOKENS:
+        return None
+    return torch.ops.llmbin_cpu.prefill_attention

@@ -1,4 +1,4 @@
-"""Building and loading the native CPU extension (bindings.cpp + decode_attention.cpp and their headers).
+"""Building and loading the native CPU extension (the SOURCES below and the headers they include).
 
 It compiles with torch.utils.cpp_extension on first use, once per torch, Python and kernel source, under
 $LLMBIN_CACHE/torch_extensions (default ~/.cache/llmbin/torch_extensions), so checkouts with different kernels
@@ -21,7 +21,7 @@ import torch
 from ...host.files import cache_root
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp"]  # translation units; headers are included
+SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp", HERE / "prefill_attention.cpp"]  # translation units; headers are included
 NAME = "llmbin_cpu_lut"
 STAMP = "llmbin-built.txt"
 
@@ -141,6 +141,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llmbin_cpu::decode_attention")
     def _(q, k, v, mask, scale):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("llmbin_cpu::prefill_attention")
+    def _(q, k, v, scale):
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
 
     @torch.library.register_fake("llmbin_cpu::decode_attention_isa")
     def _(q, k, v, mask, scale, isa):
