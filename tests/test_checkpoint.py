@@ -55,6 +55,20 @@ def test_from_pretrained_and_load_match_fake_quant(packed):
     assert not list(out.parent.glob(".q.partial*"))
 
 
+def test_a_packed_checkpoint_attends_with_llmbin_unless_told(packed, monkeypatch):
+    """LLMBIN_ATTENTION picks what a loaded checkpoint attends with (nn/grouped_attention.py), the same logits."""
+    out, fake = packed
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config._attn_implementation == "llmbin_sdpa"
+    monkeypatch.setenv("LLMBIN_ATTENTION", "sdpa")
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert plain.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(logits(plain), logits(model), atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("LLMBIN_ATTENTION", "flash")
+    with pytest.raises(LlmbinError, match="LLMBIN_ATTENTION=flash: use llmbin"):
+        AutoModelForCausalLM.from_pretrained(out)
+
+
 def test_save_load_save_identical(packed, tmp_path):
     out, _ = packed
     model, _ = llmbin.load(out)

@@ -94,11 +94,12 @@ def model_64():
 
 
 def test_model_logits_match_eager_attention_and_the_op_runs(op, monkeypatch):
+    from llmbin.kernels import ops
     from llmbin.nn import grouped_attention
 
     calls = []
-    real = grouped_attention.prefill_attention_op
-    monkeypatch.setattr(grouped_attention, "prefill_attention_op", lambda *a: calls.append(a) or real(*a))
+    real = ops.prefill_attention_op
+    monkeypatch.setattr(ops, "prefill_attention_op", lambda *a: calls.append(a) or real(*a))
     model = model_64()
     ids = torch.randint(0, 1000, (3, 45), generator=torch.Generator().manual_seed(0))
     logits = {}
@@ -117,12 +118,13 @@ def test_static_cache_prefill_then_decode_matches_eager(op, monkeypatch):
     slots only; the next token's step then sees the same cache as eager attention's."""
     from transformers import StaticCache
 
+    from llmbin.kernels import ops
     from llmbin.models.cache_api import cache_kwargs
     from llmbin.nn import grouped_attention
 
     calls = []
-    real = grouped_attention.prefill_attention_op
-    monkeypatch.setattr(grouped_attention, "prefill_attention_op", lambda *a: calls.append(a) or real(*a))
+    real = ops.prefill_attention_op
+    monkeypatch.setattr(ops, "prefill_attention_op", lambda *a: calls.append(a) or real(*a))
     model = model_64()
     ids = torch.randint(0, 1000, (1, 21), generator=torch.Generator().manual_seed(2))
     logits = {}
@@ -143,6 +145,7 @@ def test_static_cache_prefill_then_decode_matches_eager(op, monkeypatch):
 def test_padding_masks_and_gradients_stay_on_sdpa(op, monkeypatch):
     """What the op does not compute (a padding mask; a backward pass) goes to transformers' SDPA, which gives the
     eager attention's values and gradients."""
+    from llmbin.kernels import ops
     from llmbin.nn import grouped_attention
 
     model = model_64()
@@ -154,8 +157,7 @@ def test_padding_masks_and_gradients_stay_on_sdpa(op, monkeypatch):
         model.set_attn_implementation("eager" if impl == "eager" else "sdpa")
         if impl == "llmbin":
             grouped_attention.use_grouped_attention(model)
-            monkeypatch.setattr(grouped_attention, "prefill_attention_op",
-                                lambda *a: pytest.fail("the op ran where it must not"))
+            monkeypatch.setattr(ops, "prefill_attention_op", lambda *a: pytest.fail("the op ran where it must not"))
         model.zero_grad()
         logits = model(input_ids=ids, attention_mask=mask).logits
         logits[mask.bool()].square().mean().backward()

@@ -14,22 +14,36 @@ Many tokens (scoring, prefill): with no mask but the causal one, float32 CPU ten
 AVX-512 CPU and no gradient wanted, the extension's prefill_attention (kernels/cpu/prefill_attention.cpp) runs
 instead of SDPA's flash kernel, ~2.2x faster on SmolLM2's shape (4 x 512 tokens: 8.0 against 17.6 ms a layer, Zen 4,
 2 threads), equal to float32 rounding. Packed checkpoints loaded through transformers attend so
-(integrations/transformers.py); `model.set_attn_implementation("sdpa")` goes back to transformers' own.
+(integrations/transformers.py) unless LLMBIN_ATTENTION=sdpa; `model.set_attn_implementation("sdpa")` goes back
+to transformers' own on a loaded model.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 
-from ..kernels.ops import decode_attention_op, prefill_attention_op
+from ..errors import LlmbinError
 
 NAME = "llmbin_sdpa"
+CHOICES = ("llmbin", "sdpa")  # LLMBIN_ATTENTION: what a packed checkpoint attends with once loaded
+
+
+def attention_choice() -> str:
+    """LLMBIN_ATTENTION: llmbin (the default: this module's implementation) or sdpa (transformers' own)."""
+    choice = os.environ.get("LLMBIN_ATTENTION", "").strip() or "llmbin"
+    if choice not in CHOICES:
+        raise LlmbinError(f"LLMBIN_ATTENTION={choice}: use llmbin (the default, faster on CPU) or sdpa (transformers')")
+    return choice
 
 
 def _cpu_op(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None):
     if not (q.device.type == "cpu" and q.dtype == key.dtype == value.dtype == torch.float32
             and (mask is None or mask.dtype in (torch.bool, torch.float32))):
         return None
+    from ..kernels.ops import decode_attention_op  # here: `import llmbin` stays lean (tests/test_lean_import.py)
+
     return decode_attention_op()
 
 
@@ -43,6 +57,8 @@ def _prefill_op(module, query, key, value, attention_mask, dropout, kwargs):
         return None
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
         return None  # the op has no backward: training (the distillation stage) keeps SDPA
+    from ..kernels.ops import prefill_attention_op
+
     return prefill_attention_op(query.shape[-1], query.shape[2])
 
 
