@@ -40,10 +40,9 @@ struct Heads {
 // One task: query tokens [t0, t0 + n) of KV head (b, hk), all G heads that share it, as rows (t - t0) G + g.
 // kt: that head's keys transposed, [D][ldk] with ldk >= the keys scored (a multiple of 32; padding is finite).
 template <int NC>
-__attribute__((target("avx512f,fma"))) void attend_tokens(const Heads& a, int64_t b, int64_t hk,
-                                                                             int64_t t0, int64_t n, const float* kt,
-                                                                             int64_t ldk, float scale, float* s,
-                                                                             float* out) {
+__attribute__((target("avx512f,fma"))) void attend_tokens(const Heads& a, int64_t b, int64_t hk, int64_t t0,
+                                                          int64_t n, const float* kt, int64_t ldk, float scale,
+                                                          float* s, float* out) {
   constexpr int64_t D = 16 * NC;
   const int64_t G = a.G, rows = n * G;
   const int64_t keys = t0 + n, ld = (keys + 31) / 32 * 32;  // keys scored, padded to whole tiles of 32
@@ -92,8 +91,8 @@ __attribute__((target("avx512f,fma"))) void attend_tokens(const Heads& a, int64_
     inv[r] = 1.f / _mm512_reduce_add_ps(tot);
   }
   // out = p v / sum p: R2 rows x D a tile in registers, each value register serving R2 rows. The tile's p go to a
-  // [key][R2] buffer first: broadcasts at constant offsets from one pointer (8 row pointers and a runtime-bounded
-  // store made GCC spill every accumulator each key, ~3x slower)
+  // [key][R2] buffer first: broadcasts at constant offsets from one pointer (with a pointer per row and a store loop
+  // bounded at run time, GCC stored every accumulator to the stack each key: ~3x slower)
   constexpr int R2 = 24 / NC;
   const float* vh = a.v + b * a.vs[0] + hk * a.vs[1];
   std::vector<float> pt(static_cast<size_t>(R2 * ld));
