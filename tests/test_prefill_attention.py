@@ -93,22 +93,32 @@ def model_64():
     return tiny_llama(seed=5, hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
 
 
-def test_model_logits_match_eager_attention_and_the_op_runs(op, monkeypatch):
+def counted_op_calls(monkeypatch) -> list:
+    """The prefill op's calls from here on (each an (head dim, length) pair)."""
     from llmbin.kernels import ops
-    from llmbin.nn import grouped_attention
 
-    calls = []
-    real = ops.prefill_attention_op
+    calls, real = [], ops.prefill_attention_op
     monkeypatch.setattr(ops, "prefill_attention_op", lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
+def attend_with(model, impl: str):
+    """transformers' eager attention, or llmbin's (switched from sdpa as a loaded checkpoint is)."""
+    from llmbin.nn.grouped_attention import use_grouped_attention
+
+    model.set_attn_implementation("eager" if impl == "eager" else "sdpa")
+    assert impl == "eager" or use_grouped_attention(model)
+    return model
+
+
+def test_model_logits_match_eager_attention_and_the_op_runs(op, monkeypatch):
+    calls = counted_op_calls(monkeypatch)
     model = model_64()
     ids = torch.randint(0, 1000, (3, 45), generator=torch.Generator().manual_seed(0))
     logits = {}
     for impl in ("eager", "llmbin"):
-        model.set_attn_implementation("eager" if impl == "eager" else "sdpa")
-        if impl == "llmbin":
-            assert grouped_attention.use_grouped_attention(model)
         with torch.inference_mode():
-            logits[impl] = model(input_ids=ids, use_cache=False).logits
+            logits[impl] = attend_with(model, impl)(input_ids=ids, use_cache=False).logits
     assert len(calls) == model.config.num_hidden_layers  # every layer ran the op, not SDPA
     assert (logits["llmbin"] - logits["eager"]).abs().max() < 1e-4
 
@@ -118,20 +128,14 @@ def test_static_cache_prefill_then_decode_matches_eager(op, monkeypatch):
     slots only; the next token's step then sees the same cache as eager attention's."""
     from transformers import StaticCache
 
-    from llmbin.kernels import ops
     from llmbin.models.cache_api import cache_kwargs
-    from llmbin.nn import grouped_attention
 
-    calls = []
-    real = ops.prefill_attention_op
-    monkeypatch.setattr(ops, "prefill_attention_op", lambda *a: calls.append(a) or real(*a))
+    calls = counted_op_calls(monkeypatch)
     model = model_64()
     ids = torch.randint(0, 1000, (1, 21), generator=torch.Generator().manual_seed(2))
     logits = {}
     for impl in ("eager", "llmbin"):
-        model.set_attn_implementation("eager" if impl == "eager" else "sdpa")
-        if impl == "llmbin":
-            grouped_attention.use_grouped_attention(model)
+        attend_with(model, impl)
         cache = StaticCache(config=model.config, max_cache_len=64)
         with torch.inference_mode():
             first = model(input_ids=ids[:, :-1], use_cache=True, **cache_kwargs(cache)).logits
@@ -142,24 +146,23 @@ def test_static_cache_prefill_then_decode_matches_eager(op, monkeypatch):
     assert (logits["llmbin"] - logits["eager"]).abs().max() < 1e-4
 
 
-def test_padding_masks_and_gradients_stay_on_sdpa(op, monkeypatch):
-    """What the op does not compute (a padding mask; a backward pass) goes to transformers' SDPA, which gives the
-    eager attention's values and gradients."""
+@pytest.mark.parametrize("padded", [True, False])
+def test_padding_masks_and_gradients_stay_on_sdpa(op, monkeypatch, padded):
+    """What the op does not compute (a padding mask; a backward pass, here with and without padding) goes to
+    transformers' SDPA, which gives the eager attention's values and gradients."""
     from llmbin.kernels import ops
-    from llmbin.nn import grouped_attention
 
     model = model_64()
     ids = torch.randint(0, 1000, (2, 30), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
-    mask[1, :7] = 0  # left padding
+    mask[1, :7] = 0 if padded else 1  # left padding
     out = {}
     for impl in ("eager", "llmbin"):
-        model.set_attn_implementation("eager" if impl == "eager" else "sdpa")
+        attend_with(model, impl)
         if impl == "llmbin":
-            grouped_attention.use_grouped_attention(model)
             monkeypatch.setattr(ops, "prefill_attention_op", lambda *a: pytest.fail("the op ran where it must not"))
         model.zero_grad()
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask if padded else None).logits
         logits[mask.bool()].square().mean().backward()
         out[impl] = logits.detach()[mask.bool()], model.model.layers[0].self_attn.q_proj.weight.grad.clone()
     assert (out["llmbin"][0] - out["eager"][0]).abs().max() < 1e-4
