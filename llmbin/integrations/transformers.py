@@ -23,7 +23,7 @@ from ..errors import LlmbinError, warn_once
 from ..formats import checked_format
 from ..models.walk import decoder_layers, make_linears_explicit, set_submodule
 from ..nn import PackedMatrix, QuantLinear, untie_packed
-from ..nn.grouped_attention import attention_choice, use_grouped_attention
+from ..nn.grouped_attention import use_grouped_attention
 
 
 @register_quantization_config("llmbin")
@@ -72,8 +72,7 @@ class LlmbinHfQuantizer(HfQuantizer):
             # the packed matrix is shared by reference: a later tie_weights() (lm-eval calls one) must not look
             # for the float `weight` parameters that no longer exist
             untie_packed(model)
-        if attention_choice() == "llmbin":
-            use_grouped_attention(model)  # SDPA's maths, faster on CPU (nn/grouped_attention.py)
+        use_grouped_attention(model)  # SDPA's maths, faster on CPU (nn/grouped_attention.py)
         return model
 
     def is_serializable(self, safe_serialization=None):

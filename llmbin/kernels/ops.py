@@ -19,7 +19,7 @@ from .cpu.build import build_error, load_extension
 __all__ = ["build_error", "decode_attention_op", "lut_matmul_op", "prefill_attention_op"]
 
 PREFILL_HEAD_DIMS = (64, 128)  # what prefill_attention.cpp's tiles are written for
-PREFILL_MAX_TOKENS = 8192  # its per-thread score buffer holds a token block's rows x the sequence
+PREFILL_MAX_TOKENS = 8192  # longer sequences go to SDPA: its per-thread score buffer is 16 G rows x the sequence
 
 
 def decode_attention_op():

@@ -104,7 +104,10 @@ def register() -> str:
 
 
 def use_grouped_attention(model) -> bool:
-    """Switch a model that attends with `sdpa` to `llmbin_sdpa` (True), else leave it alone (False)."""
+    """Switch a model that attends with `sdpa` to `llmbin_sdpa` (True), else leave it alone (False): also when
+    LLMBIN_ATTENTION=sdpa asks for transformers' own."""
+    if attention_choice() == "sdpa":
+        return False
     configs = [model.config] + [getattr(model.config, name) for name in ("text_config", "decoder")
                                 if hasattr(model.config, name)]
     if not any(getattr(c, "_attn_implementation", None) == "sdpa" for c in configs):

@@ -28,7 +28,7 @@ from ..kernels.cpu import gemv_threads
 from ..kernels.ops import decode_attention_op
 from ..models.cache_api import cache_kwargs
 from ..nn import PackedMatrix
-from ..nn.grouped_attention import attention_choice, use_grouped_attention
+from ..nn.grouped_attention import use_grouped_attention
 from .greedy_head import ScreenedHead
 from .sampling import Sampler
 
@@ -174,7 +174,7 @@ class Decoder:
         compile = bool(packed) if compile is None else compile
         self.step_threads, self.gemv_threads = decode_threads_for(bool(packed), self.device, decode_threads)
         # one query token attends to the static cache without a copy per KV group, eager or compiled alike
-        self.grouped_attention = attention_choice() == "llmbin" and use_grouped_attention(model)
+        self.grouped_attention = use_grouped_attention(model)
         if self.grouped_attention and self.device.type == "cpu":
             decode_attention_op()  # build/load the op now, not inside the first timed step
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -21,7 +21,8 @@ import torch
 from ...host.files import cache_root
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp", HERE / "prefill_attention.cpp"]  # translation units; headers are included
+# translation units; headers are included
+SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp", HERE / "prefill_attention.cpp"]
 NAME = "llmbin_cpu_lut"
 STAMP = "llmbin-built.txt"
 

@@ -25,8 +25,7 @@
 
 namespace {
 
-constexpr int64_t kTokens = 16;   // query tokens per task
-constexpr int64_t kMaxLen = 8192;  // a task's score buffer is rows x L floats; longer sequences go to SDPA
+constexpr int64_t kTokens = 16;  // query tokens per task (a thread's score buffer: kTokens G rows x L floats)
 
 struct Heads {
   const float* q;
@@ -127,9 +126,10 @@ __attribute__((target("avx512f,fma"))) void attend_tokens(const Heads& a, int64_
 }
 #endif
 
-bool prefill_attention_supported(int64_t head_dim, int64_t len) {
+// What the tiles are written for; which lengths are worth it is kernels/ops.py's choice.
+bool prefill_attention_supported(int64_t head_dim) {
 #if defined(__x86_64__) || defined(_M_X64)
-  return __builtin_cpu_supports("avx512f") && (head_dim == 64 || head_dim == 128) && len <= kMaxLen;
+  return __builtin_cpu_supports("avx512f") && (head_dim == 64 || head_dim == 128);
 #else
   return false;
 #endif
@@ -143,8 +143,7 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
               "prefill_attention: q [B, H, L, D], k and v [B, Hkv, L, D] with H a multiple of Hkv");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "prefill_attention: D must be contiguous");
   const int64_t B = q.size(0), H = q.size(1), Hkv = k.size(1), L = q.size(2), D = q.size(3);
-  TORCH_CHECK(prefill_attention_supported(D, L), "prefill_attention: needs AVX-512, head dim 64 or 128 and at most ",
-              kMaxLen, " tokens");
+  TORCH_CHECK(prefill_attention_supported(D), "prefill_attention: needs AVX-512 and head dim 64 or 128");
   Heads a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
           {q.stride(0), q.stride(1), q.stride(2)}, {k.stride(0), k.stride(1), k.stride(2)},
           {v.stride(0), v.stride(1), v.stride(2)}, B, H, Hkv, H / Hkv, L, D};
