@@ -69,6 +69,23 @@ def test_a_packed_checkpoint_attends_with_llmbin_unless_told(packed, monkeypatch
         AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_a_packed_checkpoint_fuses_its_elementwise_ops_unless_told(packed, monkeypatch):
+    """LLMBIN_LAYER_OPS picks whether a loaded checkpoint's norms, MLP activation and rotary run as llmbin's ops
+    (nn/fused_layers.py) or transformers' own: the same logits."""
+    from llmbin.kernels.ops import layer_ops
+
+    out, _ = packed
+    model = AutoModelForCausalLM.from_pretrained(out)
+    layer = model.model.layers[0]
+    assert [type(m).__name__ for m in (layer.input_layernorm, layer.mlp, layer.self_attn)] == [
+        "FusedLlamaRMSNorm", "FusedLlamaMLP", "FusedLlamaAttention"]
+    monkeypatch.setenv("LLMBIN_LAYER_OPS", "torch")
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert type(plain.model.layers[0].mlp).__name__ == "LlamaMLP"
+    if layer_ops() is not None:
+        torch.testing.assert_close(logits(plain), logits(model), atol=1e-5, rtol=1e-5)
+
+
 def test_save_load_save_identical(packed, tmp_path):
     out, _ = packed
     model, _ = llmbin.load(out)

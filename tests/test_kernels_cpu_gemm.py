@@ -111,13 +111,27 @@ def test_uniform_layers_run_packed_on_cpu(bits, group, ext):
     assert not any(t.numel() == 72 * 256 and t.dtype == torch.float32 for t in module.buffers())
 
 
-def int16_bound(x: torch.Tensor, w: torch.Tensor, levels: int = 65534) -> torch.Tensor:
+def span_amax(block_amax: torch.Tensor, span: int, q8_blocks: int = 0) -> torch.Tensor:
+    """Per block, the max over the blocks that share its activation scale in the integer GEMM (int_gemm.h): spans of
+    `span` blocks, the int8 ones counted from block 0, the int16 ones from q8_blocks."""
+    kb = block_amax.shape[-1]
+    ids = [b // span if b < q8_blocks else kb + (b - q8_blocks) // span for b in range(kb)]
+    ids = torch.tensor(ids)
+    out = torch.zeros_like(block_amax)
+    for i in ids.unique():
+        cols = ids == i
+        out[:, cols] = block_amax[:, cols].amax(-1, keepdim=True)
+    return out
+
+
+def int16_bound(x: torch.Tensor, w: torch.Tensor, levels: int = 65534, span: int = 1) -> torch.Tensor:
     """The integer-code kernel's stated tolerance: activations rounded to int16 per block of 32 (|error| <= max|x| of
     the block / 65534; int8: / 254), exact int32 sums, float32 after: sum over blocks of that error x sum|w| + float32
-    rounding."""
+    rounding. The integer GEMM shares one scale over `span` blocks: the max is the span's."""
     k = x.shape[1]
     kp = -(-k // 32) * 32
-    xb = torch.nn.functional.pad(x.double().abs(), (0, kp - k)).view(x.shape[0], -1, 32).amax(-1) / levels
+    xb = span_amax(torch.nn.functional.pad(x.double().abs(), (0, kp - k)).view(x.shape[0], -1, 32).amax(-1),
+                   span) / levels
     wb = torch.nn.functional.pad(w.double().abs(), (0, kp - k)).view(w.shape[0], -1, 32).sum(-1)
     return xb @ wb.T + k * 2.0 ** -23 * (x.double().abs() @ w.double().abs().T)
 
@@ -212,7 +226,8 @@ def igemm(ext):
     ext.set_int_gemm_rounding(rounding)
 
 
-def gathered_bound(x: torch.Tensor, w: torch.Tensor, module, levels: int) -> torch.Tensor:
+def gathered_bound(x: torch.Tensor, w: torch.Tensor, module, levels: int, span: int = 1,
+                   q8_blocks: int = 0) -> torch.Tensor:
     """int16_bound for a bit-plane layer, whose blocks of 32 hold gathered slots: slot s carries channel src[s] times
     gscale[s] (perm, in_scale, PTQ1.61's salient block last, padding), so its activation is rounded by its block's
     max |x[src] gscale| / levels and weighs w[:, src[s]] / gscale[s]; the PB-LLM sparse correction runs in float32
@@ -229,7 +244,7 @@ def gathered_bound(x: torch.Tensor, w: torch.Tensor, module, levels: int) -> tor
         dense = dense.index_put((rows, cols.long()), -values.double(), accumulate=True)  # the bit planes' part
     xs = (x.double()[:, src] * gscale).abs() * valid
     ws = (dense[:, src] / torch.where(valid, gscale, 1.0)).abs() * valid
-    xb = xs.view(x.shape[0], -1, 32).amax(-1) / levels
+    xb = span_amax(xs.view(x.shape[0], -1, 32).amax(-1), span, q8_blocks) / levels
     wb = ws.view(w.shape[0], -1, 32).sum(-1)
     return xb @ wb.T + 2 * w.shape[1] * 2.0 ** -23 * (x.double().abs() @ w.double().abs().T)
 
@@ -250,7 +265,9 @@ def test_integer_gemm_within_the_stated_bound(kind, args, igemm):
         exact = x.double() @ w.double().T
         for isa, levels in (("igemm", 65534), ("igemm8", 254)):
             y = cpu.lut_matmul(state, x, isa, poison=True)
-            bound = int16_bound(x, w, levels) if kind == "uniform" else gathered_bound(x, w, module, levels)
+            span = igemm.gemm_span()
+            bound = (int16_bound(x, w, levels, span) if kind == "uniform"
+                     else gathered_bound(x, w, module, levels, span))
             assert ((y.double() - exact).abs() <= bound).all(), (isa, m)
             if isa == "igemm" and m >= 16 and not igemm.gemm_supported():
                 assert torch.equal(y, cpu.lut_matmul(state, x))
@@ -316,7 +333,8 @@ def test_int8_on_binarized_channels_only(igemm):
         exact = (x.double() @ w.double().T).float()
         mixed = cpu.lut_matmul(state, x, poison=True)
         assert not torch.equal(mixed, int16_before)
-        assert ((mixed.double() - x.double() @ w.double().T).abs() <= gathered_bound(x, w, mod, 254)).all()
+        bound = gathered_bound(x, w, mod, 254, igemm.gemm_span(), first // 32)
+        assert ((mixed.double() - x.double() @ w.double().T).abs() <= bound).all()
         assert rel_err(mixed, exact, w, x) < rel_err(cpu.lut_matmul(state, x, "igemm8"), exact, w, x)
         assert torch.equal(cpu.lut_matmul(state, x, "igemm"), int16_before)
         assert torch.equal(cpu.lut_matmul(plain_state, xp), cpu.lut_matmul(plain_state, xp, "igemm"))
@@ -357,3 +375,58 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
     finally:
         ext.set_int_gemm_rounding(saved[0])
         ext.set_gemm_min_tokens(saved[1])
+
+
+def test_gemm_span_comes_from_the_environment(ext, monkeypatch, capsys):
+    """LLMBIN_CPU_GEMM_SPAN sets how many blocks of 32 share an activation scale in the integer GEMM (default 4);
+    out of 1..16 it is refused naming the range; the path line says the span."""
+    from llmbin.kernels.cpu import backend
+
+    saved = ext.gemm_span(), ext.gemm_min_tokens()
+    assert saved[0] == 4
+    monkeypatch.delenv("LLMBIN_CPU_GEMM_MIN_TOKENS", raising=False)
+    ext.set_gemm_min_tokens(16)
+    try:
+        for value in ("1", "8"):
+            monkeypatch.setenv("LLMBIN_CPU_GEMM_SPAN", value)
+            monkeypatch.setattr(backend, "_paths_said", False)
+            backend._configure(ext)
+            assert ext.gemm_span() == int(value)
+            if ext.uniform_isa() == "avx512-vnni" and not ext.gemm_supported():
+                assert f"LLMBIN_CPU_GEMM_SPAN={value}" in capsys.readouterr().err
+        for bad in ("0", "17", "x"):
+            monkeypatch.setenv("LLMBIN_CPU_GEMM_SPAN", bad)
+            monkeypatch.setattr(backend, "_paths_said", False)
+            with pytest.raises(ValueError, match="1 to 16"):
+                backend._configure(ext)
+    finally:
+        ext.set_gemm_span(saved[0])
+        ext.set_gemm_min_tokens(saved[1])
+
+
+@pytest.mark.parametrize("isa,top,small", [("igemm", 32767, 20000), ("igemm8", 127, 5)])
+def test_gemm_blocks_of_a_span_share_one_scale(isa, top, small, igemm):
+    """Blocks 1-3 of whole numbers beside a block 0 whose max is the rounding's top: on a span of 4 they share block
+    0's scale, exactly 1, so every activation is exact and the GEMM equals float64 up to float32 rounding; rounded on
+    their own max (span 1) they are not. Within the stated bound at both spans."""
+    fmt = random_uniform(32, 256, 4, 128, seed=9)  # 8 blocks of 32: spans [0, 4) and [4, 8) at span 4
+    state, w = cpu.prepare_state(QuantLinear.from_format(fmt)), fmt.dequantize()
+    g = torch.Generator().manual_seed(2)
+    x = torch.zeros(20, 256)
+    x[:, :32] = torch.randint(-top, top + 1, (20, 32), generator=g).float()
+    x[:, 0] = top
+    x[:, 32:128] = torch.randint(-small, small + 1, (20, 96), generator=g).float()
+    x[:, 32] = small
+    exact = x.double() @ w.double().T
+    rounding = 2e-7 * (x.double().abs() @ w.double().abs().T)  # float32 conversions and sums of exact integers
+    try:
+        igemm.set_gemm_span(4)
+        four = cpu.lut_matmul(state, x, isa)
+        igemm.set_gemm_span(1)
+        one = cpu.lut_matmul(state, x, isa)
+    finally:
+        igemm.set_gemm_span(4)
+    assert ((four.double() - exact).abs() <= rounding).all()
+    assert ((one.double() - exact).abs() > rounding).any()
+    for span, y in ((4, four), (1, one)):
+        assert ((y.double() - exact).abs() <= int16_bound(x, w, 2 * top, span)).all(), span

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 import llmbin
 from llmbin.eval.ppl import perplexity
+from llmbin.nn.fused_layers import use_fused_layers
 from llmbin.nn.grouped_attention import use_grouped_attention
 from llmbin.recipe import Recipe
 
@@ -21,9 +22,10 @@ def recipe(method, text_file):
 
 def test_smollm2_gptq2_packed_equals_fake_quant(text_file, tmp_path):
     qm = llmbin.quantize("smollm2-135m", recipe("gptq", text_file), verbose=False)
-    # the same attention as a loaded checkpoint's (nn/grouped_attention.py): this compares weights, and a collapsed
-    # 2-bit model turns float32-rounding differences between SDPA and llmbin's op into 7e-3 in the logits
-    assert use_grouped_attention(qm.model)
+    # the same attention and elementwise ops as a loaded checkpoint's (nn/grouped_attention.py, nn/fused_layers.py):
+    # this compares weights, and a collapsed 2-bit model turns float32-rounding differences between SDPA and
+    # llmbin's op into 7e-3 in the logits
+    assert use_grouped_attention(qm.model) and use_fused_layers(qm.model)
     ids = torch.tensor([[1, 504, 3458, 314, 260, 1345, 282, 4107]])
     with torch.no_grad():
         fake = qm.model(ids).logits

@@ -23,6 +23,7 @@ from ..errors import LlmbinError, warn_once
 from ..formats import checked_format
 from ..models.walk import decoder_layers, make_linears_explicit, set_submodule
 from ..nn import PackedMatrix, QuantLinear, untie_packed
+from ..nn.fused_layers import use_fused_layers
 from ..nn.grouped_attention import use_grouped_attention
 
 
@@ -73,6 +74,7 @@ class LlmbinHfQuantizer(HfQuantizer):
             # for the float `weight` parameters that no longer exist
             untie_packed(model)
         use_grouped_attention(model)  # SDPA's maths, faster on CPU (nn/grouped_attention.py)
+        use_fused_layers(model)  # norms, SiLU * up and rotary in one pass each on CPU (nn/fused_layers.py)
         return model
 
     def is_serializable(self, safe_serialization=None):

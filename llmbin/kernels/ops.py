@@ -7,6 +7,8 @@ The CPU extension (kernels/cpu) defines
                                                       which runtime/fused_products.py puts in compiled decode steps
     llmbin_cpu::decode_attention(q, k, v, mask, scale) one query token over a static KV cache, grouped heads
     llmbin_cpu::prefill_attention(q, k, v, scale)     many causal query tokens, grouped heads, [B, L, H, D] out
+    llmbin_cpu::rms_norm(x, weight, eps), silu_mul(gate, up), rotary_qk(q, k, cos, sin, head_dim)
+                                                      a decoder layer's elementwise parts, one pass each
 with shape-only ("fake") implementations registered when it loads, so torch.compile traces both into a graph
 without breaking it. Call them through this module; None means the extension could not be built (build_error()).
 """
@@ -16,7 +18,7 @@ import torch
 
 from .cpu.build import build_error, load_extension
 
-__all__ = ["build_error", "decode_attention_op", "lut_matmul_op", "prefill_attention_op"]
+__all__ = ["build_error", "decode_attention_op", "layer_ops", "lut_matmul_op", "prefill_attention_op"]
 
 PREFILL_HEAD_DIMS = (64, 128)  # what prefill_attention.cpp's tiles are written for
 PREFILL_MAX_TOKENS = 8192  # longer sequences go to SDPA: its per-thread score buffer is 16 G rows x the sequence
@@ -39,3 +41,10 @@ def prefill_attention_op(head_dim: int, length: int):
     if ext is None or ext.best_isa() != 3 or head_dim not in PREFILL_HEAD_DIMS or length > PREFILL_MAX_TOKENS:
         return None
     return torch.ops.llmbin_cpu.prefill_attention
+
+
+def layer_ops():
+    """torch.ops.llmbin_cpu (rms_norm, silu_mul, rotary_qk: float32, contiguous), or None where they do not run
+    (no extension, no AVX-512)."""
+    ext = load_extension()
+    return torch.ops.llmbin_cpu if ext is not None and ext.best_isa() == 3 else None

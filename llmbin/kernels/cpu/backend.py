@@ -103,9 +103,10 @@ ROUNDINGS = {"0": "int16", "1": "int8", "binarized": "binarized"}  # LLMBIN_CPU_
 
 
 def _activation_rounding(ext) -> str:
+    span = f"per span of {32 * ext.gemm_span()} slots (LLMBIN_CPU_GEMM_SPAN={ext.gemm_span()} blocks of 32)"
     if ext.int_gemm_rounding() == "int8":
-        return "int8 activations per block of 32, |error| <= max|x| / 254 each (LLMBIN_CPU_GEMM_INT8=1)"
-    int16 = "int16 activations per block of 32, |error| <= max|x| / 65534 each"
+        return f"int8 activations {span}, |error| <= max|x| / 254 each (LLMBIN_CPU_GEMM_INT8=1)"
+    int16 = f"int16 activations {span}, |error| <= max|x| / 65534 each"
     if ext.int_gemm_rounding() == "binarized":
         return (f"{int16}, int8 (max|x| / 254) on a PTQ1.61 layer's binarized channels, whose outliers its salient "
                 "block holds; LLMBIN_CPU_GEMM_INT8=0: int16 throughout, 1: int8 throughout")
@@ -129,6 +130,12 @@ def _configure(ext) -> None:
                          "on PTQ1.61's binarized channels, int16 on its salient ones), 1 (int8 throughout) or 0 (int16)")
     if int8:
         ext.set_int_gemm_rounding(ROUNDINGS[int8])
+    span = os.environ.get("LLMBIN_CPU_GEMM_SPAN", "").strip()
+    if span:
+        if not (span.isdigit() and 1 <= int(span) <= 16):
+            raise ValueError(f"LLMBIN_CPU_GEMM_SPAN={span}: blocks of 32 slots that share one activation scale in the "
+                             "integer GEMM, 1 to 16 (default 4; 1: a scale per block)")
+        ext.set_gemm_span(int(span))
     _paths_said = True
     print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)
 

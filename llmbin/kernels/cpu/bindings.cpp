@@ -70,6 +70,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_supported", &gemm_supported, "whether many-token products can run as dequantize + bf16 brgemm");
   m.def("set_gemm_min_tokens", [](int64_t n) { gemm_min_tokens() = std::max<int64_t>(2, n); },
         "tokens from which a product runs as dequantize + brgemm instead of on the lookup tables");
+  m.def("set_gemm_span", [](int64_t n) {
+          TORCH_CHECK(n >= 1 && n <= kMaxSpan, "gemm span: 1 to ", kMaxSpan, " blocks of 32, not ", n);
+          gemm_span() = n;
+        },
+        "blocks of 32 slots that share one activation scale in the integer GEMM");
+  m.def("gemm_span", [] { return gemm_span(); });
   m.def("gemm_min_tokens", [] { return gemm_min_tokens(); });
   m.def("set_int_gemm_rounding", [](const std::string& r) {
           TORCH_CHECK(r == "int16" || r == "binarized" || r == "int8", "rounding: int16, binarized or int8, not ", r);

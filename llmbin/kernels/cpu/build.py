@@ -22,7 +22,8 @@ from ...host.files import cache_root
 
 HERE = Path(__file__).parent
 # translation units; headers are included
-SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp", HERE / "prefill_attention.cpp"]
+SOURCES = [HERE / "bindings.cpp", HERE / "decode_attention.cpp", HERE / "prefill_attention.cpp",
+           HERE / "layer_ops.cpp"]
 NAME = "llmbin_cpu_lut"
 STAMP = "llmbin-built.txt"
 
@@ -146,6 +147,18 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llmbin_cpu::prefill_attention")
     def _(q, k, v, scale):
         return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
+
+    @torch.library.register_fake("llmbin_cpu::rms_norm")
+    def _(x, weight, eps):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("llmbin_cpu::silu_mul")
+    def _(gate, up):
+        return torch.empty_like(gate)
+
+    @torch.library.register_fake("llmbin_cpu::rotary_qk")
+    def _(q, k, cos, sin, head_dim):
+        return torch.empty_like(q), torch.empty_like(k)
 
     @torch.library.register_fake("llmbin_cpu::decode_attention_isa")
     def _(q, k, v, mask, scale, isa):
