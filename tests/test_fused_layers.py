@@ -49,8 +49,8 @@ def test_silu_mul_is_the_formula(ops):
 
 @pytest.mark.parametrize("d,cos_batch", [(64, 1), (128, 2), (32, 2)])
 def test_rotary_is_transformers_rotate_half(ops, d, cos_batch):
-    """q and k rotated as apply_rotary_pos_emb does (float64), left in the projections' [B, T, heads D] layout; cos
-    and sin shared by the batch or one per sequence."""
+    """q and k rotated as apply_rotary_pos_emb does, bit for bit in float32 (the same roundings) and near float64,
+    left in the projections' [B, T, heads D] layout; cos and sin shared by the batch or one per sequence."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     gen = torch.Generator().manual_seed(d)
@@ -61,6 +61,8 @@ def test_rotary_is_transformers_rotate_half(ops, d, cos_batch):
     heads = lambda t: t.double().view(2, 11, -1, d).transpose(1, 2)
     wq, wk = apply_rotary_pos_emb(heads(q), heads(k), cos.double(), sin.double())
     assert (heads(rq) - wq).abs().max() < 1e-5 and (heads(rk) - wk).abs().max() < 1e-5
+    fq, fk = apply_rotary_pos_emb(heads(q).float(), heads(k).float(), cos, sin)
+    assert torch.equal(heads(rq).float(), fq) and torch.equal(heads(rk).float(), fk)
 
 
 def test_ops_do_not_depend_on_the_thread_count(ops):

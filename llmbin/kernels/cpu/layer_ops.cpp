@@ -81,8 +81,9 @@ __attribute__((target("avx512f"))) void silu_mul_span(const float* g, const floa
   }
 }
 
-// One token's heads: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) over each head's halves
-__attribute__((target("avx512f"))) void rotate_heads(const float* x, const float* c, const float* s, float* out,
+// One token's heads: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) over each head's halves. Two
+// products and a sum, each rounded, as torch computes them (no fused multiply-add): bit for bit transformers' q and k.
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) void rotate_heads(const float* x, const float* c, const float* s, float* out,
                                                      int64_t heads, int64_t D) {
   const int64_t half = D / 2;
   for (int64_t h = 0; h < heads; ++h, x += D, out += D)
