@@ -2,9 +2,9 @@
 //
 // Per call, each thread takes row blocks of 16 rows; a row block's weights are staged once as int16 k-pair lanes
 // (16 rows x 2 slots per 512-bit register: what vpdpwssd multiplies), then every token of the batch runs over them:
-// activations are the decode kernel's (gathered, int16 per block of 32 slots, a float scale per block), sums exact
-// in int32 per block, float32 after. So the stated bound is the integer decode kernel's: per block, max|x| / 65534
-// per activation times sum|w|, plus float32 rounding. Against dequantize + sgemm: no float32 copy of the layer is
+// activations are gathered as the decode kernel's, rounded to int16 with a float scale per span of gemm_span()
+// blocks of 32 slots (the decode kernel: per block), sums exact in int32 per span, float32 after. So the stated bound
+// is per span: max|x| of the span / 65534 per activation times sum|w|, plus float32 rounding. Against dequantize + sgemm: no float32 copy of the layer is
 // written and read back, and a vpdpwssd serves 16 rows x 2 weights x 1 token where an FMA serves 16 x 1 x 1.
 //
 // A layer is a list of terms: integer values (bit-plane bits 0/1, or uniform codes 0..255) over a run of whole
@@ -40,10 +40,11 @@ inline IntRounding& int_gemm_rounding() {
 
 // Blocks of 32 slots that share one activation scale (the max |x| of the span): the GEMM sums a span in int32 and
 // converts it to float once, where a scale per block cost a conversion, a multiply and an FMA per block (a fifth of
-// the vector instructions of a binarized layer). Spans of 4 (128 slots): SmolLM2 pp64 1.06x (ptq161) and 1.05x
-// (GPTQ-4) against spans of 1, valid_xsum perplexity unchanged to 0.03 %. int16 sums of 128 slots stay within int32
-// for codes up to 255 (128 x 32767 x 255 < 2^31). LLMBIN_CPU_GEMM_SPAN sets it (1..kMaxSpan; 1: a scale per block).
-constexpr int64_t kMaxSpan = 16;
+// the vector instructions of a binarized layer). Spans of 4 (128 slots): SmolLM2 pp64 1.09x (ptq161) and 1.11x
+// (GPTQ-4) against spans of 1, valid_xsum perplexity unchanged to 0.03 % (benchmarks/results/zen4-layer-ops/).
+// LLMBIN_CPU_GEMM_SPAN sets it, 1..kMaxSpan (1: a scale per block): int16 sums of 8 blocks stay within int32 for
+// codes up to 255 (256 x 32767 x 255 < 2^31), of 16 they would not.
+constexpr int64_t kMaxSpan = 8;
 inline int64_t& gemm_span() {
   static int64_t s = 4;
   return s;
