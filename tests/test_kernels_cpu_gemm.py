@@ -350,8 +350,6 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
     import subprocess
     import sys
 
-    from llmbin.kernels.cpu import backend
-
     fresh = subprocess.run([sys.executable, "-c", "from llmbin.kernels.cpu.build import load_extension as l; e = l(); "
                             "print(e.int_gemm_rounding())"], capture_output=True, text=True,
                            env={k: v for k, v in __import__("os").environ.items() if k != "LLMBIN_CPU_GEMM_INT8"})
@@ -362,44 +360,43 @@ def test_activation_rounding_comes_from_the_environment(ext, monkeypatch, capsys
     try:
         for value, want, said in (("0", "int16", "int16 activations"), ("1", "int8", "int8 activations"),
                                   ("binarized", "binarized", "binarized channels")):
-            monkeypatch.setenv("LLMBIN_CPU_GEMM_INT8", value)
-            monkeypatch.setattr(backend, "_paths_said", False)
-            backend._configure(ext)
+            configure(monkeypatch, ext, "LLMBIN_CPU_GEMM_INT8", value)
             assert ext.int_gemm_rounding() == want, value
             if ext.uniform_isa() == "avx512-vnni" and not ext.gemm_supported():
                 assert said in capsys.readouterr().err, value
-        monkeypatch.setenv("LLMBIN_CPU_GEMM_INT8", "2")
-        monkeypatch.setattr(backend, "_paths_said", False)
         with pytest.raises(ValueError, match="binarized"):
-            backend._configure(ext)
+            configure(monkeypatch, ext, "LLMBIN_CPU_GEMM_INT8", "2")
     finally:
         ext.set_int_gemm_rounding(saved[0])
         ext.set_gemm_min_tokens(saved[1])
+
+
+def configure(monkeypatch, ext, name: str, value: str) -> None:
+    """The extension configured from the environment as a fresh process would be (backend._configure runs once)."""
+    from llmbin.kernels.cpu import backend
+
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(backend, "_paths_said", False)
+    backend._configure(ext)
 
 
 def test_gemm_span_comes_from_the_environment(ext, monkeypatch, capsys):
     """LLMBIN_CPU_GEMM_SPAN sets how many blocks of 32 share an activation scale in the integer GEMM (default 4);
     out of 1..8 it is refused naming the range (int16 sums of more blocks could leave int32); the path line says the
     span."""
-    from llmbin.kernels.cpu import backend
-
     saved = ext.gemm_span(), ext.gemm_min_tokens()
     assert saved[0] == 4
     monkeypatch.delenv("LLMBIN_CPU_GEMM_MIN_TOKENS", raising=False)
     ext.set_gemm_min_tokens(16)
     try:
         for value in ("1", "8"):
-            monkeypatch.setenv("LLMBIN_CPU_GEMM_SPAN", value)
-            monkeypatch.setattr(backend, "_paths_said", False)
-            backend._configure(ext)
+            configure(monkeypatch, ext, "LLMBIN_CPU_GEMM_SPAN", value)
             assert ext.gemm_span() == int(value)
             if ext.uniform_isa() == "avx512-vnni" and not ext.gemm_supported():
                 assert f"LLMBIN_CPU_GEMM_SPAN={value}" in capsys.readouterr().err
         for bad in ("0", "9", "16", "x"):
-            monkeypatch.setenv("LLMBIN_CPU_GEMM_SPAN", bad)
-            monkeypatch.setattr(backend, "_paths_said", False)
             with pytest.raises(ValueError, match="1 to 8"):
-                backend._configure(ext)
+                configure(monkeypatch, ext, "LLMBIN_CPU_GEMM_SPAN", bad)
     finally:
         ext.set_gemm_span(saved[0])
         ext.set_gemm_min_tokens(saved[1])
