@@ -180,3 +180,17 @@ def test_other_activations_keep_their_mlp():
     use_fused_layers(model)
     assert type(model.model.layers[0].mlp).__name__ == "LlamaMLP"
     assert type(model.model.layers[0].input_layernorm).__name__ == "FusedLlamaRMSNorm"
+
+
+def test_a_fused_model_pickles(tmp_path):
+    """torch.save of a whole model finds the Fused classes by name, and the copy still fuses."""
+    from llmbin.nn.fused_layers import use_fused_layers
+
+    model = tiny("qwen2")
+    use_fused_layers(model)
+    torch.save(model, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert type(again.model.layers[0].mlp).__name__ == "FusedQwen2MLP"
+    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, model(ids).logits)

@@ -105,7 +105,9 @@ def _fused_class(cls: type, mixin: type) -> type:
         extra = {}
         if mixin is FusedRotaryAttention:  # the modeling file's own eager attention, as its forward falls back to
             extra["_eager_attention"] = staticmethod(sys.modules[cls.__module__].eager_attention_forward)
-        _subclasses[cls] = type(f"Fused{cls.__name__}", (mixin, cls), {"__module__": __name__, **extra})
+        fused = type(f"Fused{cls.__name__}", (mixin, cls), {"__module__": __name__, **extra})
+        setattr(sys.modules[__name__], fused.__name__, fused)  # where pickle looks for it (torch.save of a model)
+        _subclasses[cls] = fused
     return _subclasses[cls]
 
 
