@@ -194,3 +194,27 @@ def test_a_fused_model_pickles(tmp_path):
     ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
         assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_an_attention_forward_not_reproduced_stays_and_says_so():
+    """An attention class of a known name whose forward is not the transformers one the fused class reproduces (as
+    in transformers 5.16, the floor) keeps its own forward, with a one-time warning; norms and MLP still fuse."""
+    import transformers.models.llama.modeling_llama as llama
+
+    from llmbin.errors import LlmbinFallbackWarning
+    from llmbin.nn.fused_layers import use_fused_layers
+
+    class LlamaAttention(llama.LlamaAttention):
+        def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
+                    **kwargs):
+            return super().forward(hidden_states, position_embeddings, attention_mask, cache=past_key_values,
+                                   **kwargs)
+
+    model = tiny("llama")
+    layer = model.model.layers[0]
+    layer.self_attn.__class__ = LlamaAttention
+    with pytest.warns(LlmbinFallbackWarning, match="rotary embedding runs as transformers' own ops"):
+        use_fused_layers(model)
+    assert type(layer.self_attn) is LlamaAttention
+    assert type(model.model.layers[1].self_attn).__name__ == "FusedLlamaAttention"
+    assert type(layer.mlp).__name__ == "FusedLlamaMLP"

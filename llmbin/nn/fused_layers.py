@@ -12,12 +12,13 @@ their names with a `Fused` prefix and stay instances of the originals. LLMBIN_LA
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
 import torch
 
-from ..errors import LlmbinError
+from ..errors import LlmbinError, warn_once
 
 CHOICES = ("llmbin", "torch")  # LLMBIN_LAYER_OPS
 
@@ -65,7 +66,13 @@ class FusedRotaryAttention:
     """transformers' Llama/Qwen2 attention forward with the rotary embedding of q and k as one op.
 
     The rotated q and k stay in the projections' [B, T, heads, D] layout, handed on as [B, heads, T, D] views:
-    every attention function and cache update takes strided tensors."""
+    every attention function and cache update takes strided tensors. The forward reproduced is transformers 5.2x's
+    (REPRODUCED below, checked on the installed source: 5.16's names its cache past_key_values and updates it
+    otherwise, and keeps its own attention)."""
+
+    REPRODUCED = ("apply_rotary_pos_emb(query_states, key_states, cos, sin)",
+                  "cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)",
+                  "ALL_ATTENTION_FUNCTIONS.get_interface(", "self.o_proj(attn_output)")
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         if cache is None:
@@ -111,9 +118,24 @@ def _fused_class(cls: type, mixin: type) -> type:
     return _subclasses[cls]
 
 
+def _reproduces(cls: type) -> bool:
+    """Whether cls.forward is the transformers forward FusedRotaryAttention reproduces (read from its source)."""
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+    return all(line in source for line in FusedRotaryAttention.REPRODUCED)
+
+
 def _fits(module, mixin) -> bool:
     if mixin is FusedGatedMLP:
         return getattr(getattr(module, "config", None), "hidden_act", None) in ("silu", "swish")
+    if mixin is FusedRotaryAttention and not _reproduces(type(module)):
+        import transformers
+
+        warn_once(f"transformers {transformers.__version__}'s {type(module).__name__} forward is not the one "
+                  "nn/fused_layers.py reproduces: its rotary embedding runs as transformers' own ops")
+        return False
     return True
 
 
