@@ -74,6 +74,8 @@ def test_a_packed_checkpoint_fuses_its_elementwise_ops_unless_told(packed, monke
     (nn/fused_layers.py) or transformers' own: the same logits."""
     from llmbin.kernels.ops import layer_ops
 
+    if layer_ops() is None:
+        pytest.skip("this CPU has no AVX-512: the layers keep transformers' elementwise ops")
     out, _ = packed
     model = AutoModelForCausalLM.from_pretrained(out)
     layer = model.model.layers[0]
@@ -82,8 +84,7 @@ def test_a_packed_checkpoint_fuses_its_elementwise_ops_unless_told(packed, monke
     monkeypatch.setenv("LLMBIN_LAYER_OPS", "torch")
     plain = AutoModelForCausalLM.from_pretrained(out)
     assert type(plain.model.layers[0].mlp).__name__ == "LlamaMLP"
-    if layer_ops() is not None:
-        torch.testing.assert_close(logits(plain), logits(model), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(plain), logits(model), atol=1e-5, rtol=1e-5)
 
 
 def test_save_load_save_identical(packed, tmp_path):

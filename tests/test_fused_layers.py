@@ -161,6 +161,7 @@ def test_gradients_and_training_keep_transformers_ops(ops):
 
 
 def test_the_switch(monkeypatch):
+    """LLMBIN_LAYER_OPS=torch leaves a model alone; a bad value is refused naming itself (on any CPU)."""
     from llmbin.errors import LlmbinError
     from llmbin.nn.fused_layers import use_fused_layers
 
@@ -171,7 +172,7 @@ def test_the_switch(monkeypatch):
         use_fused_layers(tiny("llama"))
 
 
-def test_other_activations_keep_their_mlp():
+def test_other_activations_keep_their_mlp(ops):
     from llmbin.nn.fused_layers import use_fused_layers
     import transformers as t
 
@@ -182,7 +183,7 @@ def test_other_activations_keep_their_mlp():
     assert type(model.model.layers[0].input_layernorm).__name__ == "FusedLlamaRMSNorm"
 
 
-def test_a_fused_model_pickles(tmp_path):
+def test_a_fused_model_pickles(ops, tmp_path):
     """torch.save of a whole model finds the Fused classes by name, and the copy still fuses."""
     from llmbin.nn.fused_layers import use_fused_layers
 
@@ -196,7 +197,7 @@ def test_a_fused_model_pickles(tmp_path):
         assert torch.equal(again(ids).logits, model(ids).logits)
 
 
-def test_an_attention_forward_not_reproduced_stays_and_says_so():
+def test_an_attention_forward_not_reproduced_stays_and_says_so(ops):
     """An attention class of a known name whose forward is not the transformers one the fused class reproduces (as
     in transformers 5.16, the floor) keeps its own forward, with a one-time warning; norms and MLP still fuse."""
     import transformers.models.llama.modeling_llama as llama
@@ -218,3 +219,15 @@ def test_an_attention_forward_not_reproduced_stays_and_says_so():
     assert type(layer.self_attn) is LlamaAttention
     assert type(model.model.layers[1].self_attn).__name__ == "FusedLlamaAttention"
     assert type(layer.mlp).__name__ == "FusedLlamaMLP"
+
+
+def test_no_ops_no_fused_classes(monkeypatch):
+    """Where the ops do not run (no extension, no AVX-512) no module changes class: the check is made once, at
+    use_fused_layers, not per call."""
+    import llmbin.kernels.ops as kops
+    from llmbin.nn.fused_layers import use_fused_layers
+
+    monkeypatch.setattr(kops, "layer_ops", lambda: None)
+    model = tiny("llama")
+    assert use_fused_layers(model) == 0
+    assert type(model.model.layers[0].mlp).__name__ == "LlamaMLP"

@@ -12,6 +12,7 @@ their names with a `Fused` prefix and stay instances of the originals. LLMBIN_LA
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -31,25 +32,21 @@ def layer_ops_choice() -> str:
     return choice
 
 
-def _ops(*tensors: torch.Tensor):
-    """The extension's ops when they compute this call exactly, else None."""
+def _exact(*tensors: torch.Tensor) -> bool:
+    """Whether the extension's ops compute this call exactly (the classes exist only where the ops run at all)."""
     if torch.compiler.is_compiling():
-        return None
+        return False
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None  # the ops have no backward
-    from ..kernels.ops import layer_ops  # here: `import llmbin` stays lean (tests/test_lean_import.py)
-
-    return layer_ops()
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))  # the ops have no backward
 
 
 class FusedRMSNorm:
     def forward(self, hidden_states):
-        ops = _ops(hidden_states, self.weight)
-        if ops is None:
+        if not _exact(hidden_states, self.weight):
             return super().forward(hidden_states)
-        return ops.rms_norm(hidden_states.contiguous(), self.weight.contiguous(), float(self.variance_epsilon))
+        return torch.ops.llmbin_cpu.rms_norm(hidden_states.contiguous(), self.weight.contiguous(),
+                                             float(self.variance_epsilon))
 
 
 class FusedGatedMLP:
@@ -57,9 +54,9 @@ class FusedGatedMLP:
 
     def forward(self, x):
         gate, up = self.gate_proj(x), self.up_proj(x)
-        ops = _ops(gate, up)
-        hidden = self.act_fn(gate) * up if ops is None else ops.silu_mul(gate.contiguous(), up.contiguous())
-        return self.down_proj(hidden)
+        if _exact(gate, up):
+            return self.down_proj(torch.ops.llmbin_cpu.silu_mul(gate.contiguous(), up.contiguous()))
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class FusedRotaryAttention:
@@ -78,12 +75,12 @@ class FusedRotaryAttention:
         if cache is None:
             cache = kwargs.pop("past_key_values", None)
         cos, sin = position_embeddings if position_embeddings is not None else (None, None)
-        ops = _ops(hidden_states, cos, sin) if cos is not None and hidden_states.dim() == 3 else None
-        if ops is None or self.training or self.head_dim % 32 or cos.dim() != 3:
+        if (cos is None or hidden_states.dim() != 3 or cos.dim() != 3 or self.training or self.head_dim % 32
+                or not _exact(hidden_states, cos, sin)):
             return super().forward(hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
         batch, tokens, _ = hidden_states.shape
         dim = self.head_dim
-        q, k = ops.rotary_qk(self.q_proj(hidden_states).contiguous(), self.k_proj(hidden_states).contiguous(),
+        q, k = torch.ops.llmbin_cpu.rotary_qk(self.q_proj(hidden_states).contiguous(), self.k_proj(hidden_states).contiguous(),
                              cos.contiguous(), sin.contiguous(), dim)
         q = q.view(batch, tokens, -1, dim).transpose(1, 2)
         k = k.view(batch, tokens, -1, dim).transpose(1, 2)
@@ -118,6 +115,7 @@ def _fused_class(cls: type, mixin: type) -> type:
     return _subclasses[cls]
 
 
+@functools.cache  # per class: a model has one attention class and dozens of layers
 def _reproduces(cls: type) -> bool:
     """Whether cls.forward is the transformers forward FusedRotaryAttention reproduces (read from its source)."""
     try:
@@ -140,8 +138,13 @@ def _fits(module, mixin) -> bool:
 
 
 def use_fused_layers(model) -> int:
-    """Give the model's known modules their fused subclass; returns how many changed (0 with LLMBIN_LAYER_OPS=torch)."""
+    """Give the model's known modules their fused subclass; returns how many changed (0 with LLMBIN_LAYER_OPS=torch,
+    and where the ops do not run: no extension, no AVX-512)."""
     if layer_ops_choice() == "torch":
+        return 0
+    from ..kernels.ops import layer_ops  # here: `import llmbin` stays lean (tests/test_lean_import.py)
+
+    if layer_ops() is None:
         return 0
     changed = 0
     for module in model.modules():

@@ -132,9 +132,9 @@ def _configure(ext) -> None:
         ext.set_int_gemm_rounding(ROUNDINGS[int8])
     span = os.environ.get("LLMBIN_CPU_GEMM_SPAN", "").strip()
     if span:
-        if not (span.isdigit() and 1 <= int(span) <= 8):
+        if not (span.isdigit() and 1 <= int(span) <= ext.GEMM_MAX_SPAN):
             raise ValueError(f"LLMBIN_CPU_GEMM_SPAN={span}: blocks of 32 slots that share one activation scale in the "
-                             "integer GEMM, 1 to 8 (default 4; 1: a scale per block)")
+                             f"integer GEMM, 1 to {ext.GEMM_MAX_SPAN} (default 4; 1: a scale per block)")
         ext.set_gemm_span(int(span))
     _paths_said = True
     print(f"llmbin: {many_token_paths(ext)}", file=sys.stderr, flush=True)

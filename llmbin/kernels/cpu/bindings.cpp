@@ -76,6 +76,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "blocks of 32 slots that share one activation scale in the integer GEMM");
   m.def("gemm_span", [] { return gemm_span(); });
+  m.attr("GEMM_MAX_SPAN") = kMaxSpan;
   m.def("gemm_min_tokens", [] { return gemm_min_tokens(); });
   m.def("set_int_gemm_rounding", [](const std::string& r) {
           TORCH_CHECK(r == "int16" || r == "binarized" || r == "int8", "rounding: int16, binarized or int8, not ", r);

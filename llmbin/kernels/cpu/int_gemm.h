@@ -4,8 +4,8 @@
 // (16 rows x 2 slots per 512-bit register: what vpdpwssd multiplies), then every token of the batch runs over them:
 // activations are gathered as the decode kernel's, rounded to int16 with a float scale per span of gemm_span()
 // blocks of 32 slots (the decode kernel: per block), sums exact in int32 per span, float32 after. So the stated bound
-// is per span: max|x| of the span / 65534 per activation times sum|w|, plus float32 rounding. Against dequantize + sgemm: no float32 copy of the layer is
-// written and read back, and a vpdpwssd serves 16 rows x 2 weights x 1 token where an FMA serves 16 x 1 x 1.
+// is per span: max|x| of the span / 65534 per activation times sum|w|, plus float32 rounding. Against dequantize +
+// sgemm: no float32 copy of the layer is written and read back, and a vpdpwssd serves 16 rows x 2 weights x 1 token where an FMA serves 16 x 1 x 1.
 //
 // A layer is a list of terms: integer values (bit-plane bits 0/1, or uniform codes 0..255) over a run of whole
 // blocks of slots, times a float per (group of blocks, row); plus offsets per (group, row) times the group's sum
@@ -122,7 +122,7 @@ inline void prepare_int_tokens(const float* x, int64_t K, int64_t M, const int32
   tok.slots = slots;
   tok.KB = slots / 32;
   tok.q8_blocks = q8_blocks;
-  tok.span = std::max<int64_t>(1, std::min(gemm_span(), kMaxSpan));
+  tok.span = gemm_span();  // 1..kMaxSpan (set_gemm_span checks)
   if (q8_blocks > 0) tok.xq8.resize(static_cast<size_t>(M * slots));
   if (q8_blocks < tok.KB) tok.xq.resize(static_cast<size_t>(M * slots));
   tok.xs.resize(static_cast<size_t>(M * tok.KB));

@@ -83,8 +83,9 @@ __attribute__((target("avx512f"))) void silu_mul_span(const float* g, const floa
 
 // One token's heads: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) over each head's halves. Two
 // products and a sum, each rounded, as torch computes them (no fused multiply-add): bit for bit transformers' q and k.
-__attribute__((target("avx512f"), optimize("fp-contract=off"))) void rotate_heads(const float* x, const float* c, const float* s, float* out,
-                                                     int64_t heads, int64_t D) {
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) void rotate_heads(const float* x, const float* c,
+                                                                                  const float* s, float* out,
+                                                                                  int64_t heads, int64_t D) {
   const int64_t half = D / 2;
   for (int64_t h = 0; h < heads; ++h, x += D, out += D)
     for (int64_t i = 0; i < half; i += 16) {
@@ -122,7 +123,8 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
 #if defined(__x86_64__) || defined(_M_X64)
   const float *g = gate.data_ptr<float>(), *u = up.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, gate.numel(), kGrain, [&](int64_t i0, int64_t i1) { silu_mul_span(g + i0, u + i0, yp + i0, i1 - i0); });
+  at::parallel_for(0, gate.numel(), kGrain,
+                   [&](int64_t i0, int64_t i1) { silu_mul_span(g + i0, u + i0, yp + i0, i1 - i0); });
 #endif
   return y;
 }
